@@ -1,0 +1,61 @@
+//! Command line: argument parsing, rendering for people, exit codes. `anyhow` lives here
+//! only.
+//!
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 policy invalid or tests failed, 4 log
+//! verification failed, 5 check denied.
+
+mod policy_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_POLICY: u8 = 3;
+pub const EXIT_DENIED: u8 = 5;
+
+#[derive(Parser, Debug)]
+#[command(name = "sekimori", version, about = "関守 — access-control decisions for the city's information assets")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check, test, compile and explain a policy bundle (offline).
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// Development helpers.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// Generate a city-scale bundle for benchmarks and load tests.
+    Generate(crate::generate::GenerateArgs),
+}
+
+/// Parses arguments, runs the command, maps the outcome to an exit code.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    let result = match cli.command {
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Dev(DevCommand::Generate(args)) => crate::generate::run(&args).map(|()| EXIT_OK),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
