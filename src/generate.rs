@@ -67,14 +67,27 @@ pub fn generate(args: &GenerateArgs) -> std::io::Result<()> {
     for d in 0..n_sections.div_ceil(10) {
         let _ = writeln!(org, "  - id: d{d:02}\n    name: 第{d}部\n    sections:");
         for s in (d * 10)..((d + 1) * 10).min(n_sections) {
-            let _ = writeln!(org, "      - {{ id: {}, name: 第{s}課, chief: {} }}", section(s), chief(s));
+            let _ = writeln!(
+                org,
+                "      - {{ id: {}, name: 第{s}課, chief: {} }}",
+                section(s),
+                chief(s)
+            );
         }
     }
     std::fs::write(out.join("organization.yaml"), org)?;
 
     // Systems: system j belongs to section j % n; every 5th is in the mynumber zone,
     // every 7th in internet, the rest lgwan.
-    let zone = |j: usize| if j % 5 == 0 { "mynumber" } else if j % 7 == 0 { "internet" } else { "lgwan" };
+    let zone = |j: usize| {
+        if j % 5 == 0 {
+            "mynumber"
+        } else if j % 7 == 0 {
+            "internet"
+        } else {
+            "lgwan"
+        }
+    };
     let mut sys = String::from("systems:\n");
     for j in 0..n_systems {
         let _ = writeln!(
@@ -85,7 +98,8 @@ pub fn generate(args: &GenerateArgs) -> std::io::Result<()> {
         );
     }
     std::fs::write(out.join("systems.yaml"), sys)?;
-    let systems_of = |s: usize| -> Vec<usize> { (0..n_systems).filter(|j| j % n_sections == s).collect() };
+    let systems_of =
+        |s: usize| -> Vec<usize> { (0..n_systems).filter(|j| j % n_sections == s).collect() };
     let section_systems: Vec<Vec<usize>> = (0..n_sections).map(systems_of).collect();
     let mynumber_systems: Vec<usize> = (0..n_systems).filter(|j| zone(*j) == "mynumber").collect();
 
@@ -121,7 +135,9 @@ pub fn generate(args: &GenerateArgs) -> std::io::Result<()> {
         };
         let integ = if rng.gen_bool(0.4) { "2" } else { "1" };
         let avail = if rng.gen_bool(0.3) { "2" } else { "1" };
-        let Some(file) = files.get_mut(owner) else { continue };
+        let Some(file) = files.get_mut(owner) else {
+            continue;
+        };
         let _ = writeln!(
             file,
             "  - {{ id: a{k:06}, name: 資産{k}, owner: {}, systems: [y{holder:04}], confidentiality: \"{conf}\", integrity: \"{integ}\", availability: \"{avail}\", my_number: {my_number}, review_by: 2027-03-31 }}",
@@ -134,7 +150,10 @@ pub fn generate(args: &GenerateArgs) -> std::io::Result<()> {
         });
     }
     for (s, text) in files.iter().enumerate() {
-        std::fs::write(out.join("assets").join(format!("{}.yaml", section(s))), text)?;
+        std::fs::write(
+            out.join("assets").join(format!("{}.yaml", section(s))),
+            text,
+        )?;
     }
 
     let by_owner: Vec<Vec<usize>> = {
@@ -154,33 +173,74 @@ pub fn generate(args: &GenerateArgs) -> std::io::Result<()> {
             continue;
         }
         let kind: u32 = rng.gen_range(0..100);
-        let from = if g % 10 == 0 { "2026-10-01" } else { "2026-04-01" };
-        let picks: Vec<usize> = (0..rng.gen_range(1..=4)).map(|_| pool[rng.gen_range(0..pool.len())]).collect();
+        let from = if g % 10 == 0 {
+            "2026-10-01"
+        } else {
+            "2026-04-01"
+        };
+        let picks: Vec<usize> = (0..rng.gen_range(1..=4))
+            .map(|_| pool[rng.gen_range(0..pool.len())])
+            .collect();
         let mut picked: Vec<usize> = picks;
         picked.sort_unstable();
         picked.dedup();
         let any_secret = picked.iter().any(|&a| assets[a].secret);
         let any_mn = picked.iter().any(|&a| assets[a].my_number);
         let (subjects, actions, assets_yaml) = if kind < 60 || (kind < 85 && any_secret) {
-            let users: Vec<String> = (0..rng.gen_range(1..=3)).map(|k| staff_of(s, rng.gen_range(0..50) + k)).collect();
-            (format!("{{ users: [{}] }}", users.join(", ")), if any_mn { "[read, update]" } else { "[read, update, print]" }, list(&picked))
+            let users: Vec<String> = (0..rng.gen_range(1..=3))
+                .map(|k| staff_of(s, rng.gen_range(0..50) + k))
+                .collect();
+            (
+                format!("{{ users: [{}] }}", users.join(", ")),
+                if any_mn {
+                    "[read, update]"
+                } else {
+                    "[read, update, print]"
+                },
+                list(&picked),
+            )
         } else if kind < 85 {
-            (format!("{{ sections: [{}] }}", section((s + 1) % n_sections)), "[read, print]", list(&picked))
+            (
+                format!("{{ sections: [{}] }}", section((s + 1) % n_sections)),
+                "[read, print]",
+                list(&picked),
+            )
         } else if kind < 95 && !contract_sections.is_empty() && !any_mn {
             // A contract of this section, if there is one.
             match contract_sections.iter().position(|cs| *cs == s) {
-                Some(c) => (format!("{{ contracts: [k{c:04}] }}"), if any_secret { "[read]" } else { "[read, update, print]" }, list(&picked)),
-                None => (format!("{{ users: [{}] }}", staff_of(s, 1)), "[read]", list(&picked)),
+                Some(c) => (
+                    format!("{{ contracts: [k{c:04}] }}"),
+                    if any_secret {
+                        "[read]"
+                    } else {
+                        "[read, update, print]"
+                    },
+                    list(&picked),
+                ),
+                None => (
+                    format!("{{ users: [{}] }}", staff_of(s, 1)),
+                    "[read]",
+                    list(&picked),
+                ),
             }
         } else {
             (
                 format!("{{ sections: [{}] }}", section((s + 2) % n_sections)),
                 "[read]",
-                format!("{{ select: {{ owner: {}, max_confidentiality: \"2\" }} }}", section(s)),
+                format!(
+                    "{{ select: {{ owner: {}, max_confidentiality: \"2\" }} }}",
+                    section(s)
+                ),
             )
         };
-        let purposes = if any_mn && !assets_yaml.contains("select") { ", purposes: [jimu-a, jimu-b]" } else { "" };
-        let Some(file) = files.get_mut(s) else { continue };
+        let purposes = if any_mn && !assets_yaml.contains("select") {
+            ", purposes: [jimu-a, jimu-b]"
+        } else {
+            ""
+        };
+        let Some(file) = files.get_mut(s) else {
+            continue;
+        };
         let _ = writeln!(
             file,
             "  - {{ id: g{g:06}, subjects: {subjects}, assets: {assets_yaml}, actions: {actions}{purposes}, valid_from: {from}, valid_until: 2027-04-01, approved_by: {} }}",
@@ -188,7 +248,10 @@ pub fn generate(args: &GenerateArgs) -> std::io::Result<()> {
         );
     }
     for (s, text) in files.iter().enumerate() {
-        std::fs::write(out.join("grants").join(format!("{}.yaml", section(s))), text)?;
+        std::fs::write(
+            out.join("grants").join(format!("{}.yaml", section(s))),
+            text,
+        )?;
     }
     Ok(())
 }

@@ -25,7 +25,11 @@ pub fn parse_policy_time(text: &str) -> Option<Instant> {
     if let Ok(with_offset) = DateTime::parse_from_rfc3339(text) {
         return Some(with_offset.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
             return jst()
                 .from_local_datetime(&naive)

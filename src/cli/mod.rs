@@ -16,12 +16,18 @@ pub const EXIT_POLICY: u8 = 3;
 pub const EXIT_DENIED: u8 = 5;
 
 #[derive(Parser, Debug)]
-#[command(name = "sekimori", version, about = "関守 — access-control decisions for the city's information assets")]
+#[command(
+    name = "sekimori",
+    version,
+    about = "関守 — access-control decisions for the city's information assets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check, test, compile and explain a policy bundle (offline).

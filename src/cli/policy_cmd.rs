@@ -2,7 +2,9 @@
 
 use super::{EXIT_DENIED, EXIT_OK, EXIT_POLICY};
 use crate::engine::decide::Obligation;
-use crate::engine::{Decision, Env, Explanation, Request, Snapshot, Subject, SubjectKind, request_tuple};
+use crate::engine::{
+    Decision, Env, Explanation, Request, Snapshot, Subject, SubjectKind, request_tuple,
+};
 use crate::policy::decode::Decoder;
 use crate::policy::diag::{Format, escape};
 use crate::policy::model::{Action, RuntimeState, TestCase};
@@ -15,6 +17,8 @@ use std::io::IsTerminal;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum PolicyCommand {
     /// Validate a bundle: every error and warning, with file:line:column and a hint.
@@ -110,7 +114,11 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
 fn parse_at(at: Option<&str>) -> anyhow::Result<Instant> {
     match at {
         None => Ok(chrono::Utc::now()),
-        Some(text) => parse_policy_time(text).ok_or_else(|| anyhow!("`--at {text}` is not a date or time (e.g. 2026-06-01 or 2026-06-01T10:00:00+09:00)")),
+        Some(text) => parse_policy_time(text).ok_or_else(|| {
+            anyhow!(
+                "`--at {text}` is not a date or time (e.g. 2026-06-01 or 2026-06-01T10:00:00+09:00)"
+            )
+        }),
     }
 }
 
@@ -119,33 +127,51 @@ fn color() -> bool {
 }
 
 /// Loads and prints diagnostics; `None` when the bundle has errors.
-fn load_reported(common: &CommonArgs, at: Instant, quiet_when_clean: bool) -> anyhow::Result<Option<Loaded>> {
+fn load_reported(
+    common: &CommonArgs,
+    at: Instant,
+    quiet_when_clean: bool,
+) -> anyhow::Result<Option<Loaded>> {
     if !common.dir.is_dir() {
         bail!("`{}` is not a directory", common.dir.display());
     }
     let loaded = policy::load(&common.dir, at);
     let d = &loaded.diagnostics;
     if !(quiet_when_clean && d.all().is_empty() && common.format != Format::Json) {
-        print!("{}", d.render(&loaded.bundle.sources, common.format, color()));
+        print!(
+            "{}",
+            d.render(&loaded.bundle.sources, common.format, color())
+        );
     }
     Ok(loaded.is_valid().then_some(loaded))
 }
 
 fn check(a: &CommonArgs) -> anyhow::Result<u8> {
     let at = parse_at(a.at.as_deref())?;
-    Ok(if load_reported(a, at, false)?.is_some() { EXIT_OK } else { EXIT_POLICY })
+    Ok(if load_reported(a, at, false)?.is_some() {
+        EXIT_OK
+    } else {
+        EXIT_POLICY
+    })
 }
 
 fn read_state(path: Option<&Path>) -> anyhow::Result<RuntimeState> {
     let Some(path) = path else {
         return Ok(RuntimeState::default());
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading state file `{}`", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading state file `{}`", path.display()))?;
     let mut sources = policy::source::Sources::default();
-    let id = sources.add(policy::source::SourceFile::new(path.display().to_string(), text));
+    let id = sources.add(policy::source::SourceFile::new(
+        path.display().to_string(),
+        text,
+    ));
     let mut diags = Vec::new();
-    let node = sources.get(id).and_then(|f| policy::yaml::parse(id, f, &mut diags));
-    let state = node.and_then(|n| policy::decode::runtime_state(&mut Decoder { diags: &mut diags }, &n));
+    let node = sources
+        .get(id)
+        .and_then(|f| policy::yaml::parse(id, f, &mut diags));
+    let state =
+        node.and_then(|n| policy::decode::runtime_state(&mut Decoder { diags: &mut diags }, &n));
     if !diags.is_empty() || state.is_none() {
         let mut ds = policy::diag::Diagnostics::default();
         ds.extend(diags);
@@ -163,7 +189,9 @@ fn compile(a: &CompileArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_POLICY);
     };
     let snapshot = Snapshot::compile(&loaded, at, &state)?;
-    snapshot.export(&a.out).with_context(|| format!("writing to `{}`", a.out.display()))?;
+    snapshot
+        .export(&a.out)
+        .with_context(|| format!("writing to `{}`", a.out.display()))?;
     println!(
         "compiled at {} → {}/model.conf, {}/policy.csv ({} rows), policy version {}",
         format_jst(at),
@@ -173,13 +201,22 @@ fn compile(a: &CompileArgs) -> anyhow::Result<u8> {
         snapshot.version()
     );
     if let Some(next) = snapshot.facts().next_change {
-        println!("valid until {} (a grant, contract, emergency or lockdown starts or ends then)", format_jst(next));
+        println!(
+            "valid until {} (a grant, contract, emergency or lockdown starts or ends then)",
+            format_jst(next)
+        );
     }
     Ok(EXIT_OK)
 }
 
 fn parse_action(text: &str) -> anyhow::Result<Action> {
-    Action::parse(text).ok_or_else(|| anyhow!("unknown action `{}`; actions: {}", escape(text), Action::NAMES.join(", ")))
+    Action::parse(text).ok_or_else(|| {
+        anyhow!(
+            "unknown action `{}`; actions: {}",
+            escape(text),
+            Action::NAMES.join(", ")
+        )
+    })
 }
 
 fn explain(a: &ExplainArgs) -> anyhow::Result<u8> {
@@ -189,10 +226,17 @@ fn explain(a: &ExplainArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_POLICY);
     };
     let snapshot = Snapshot::compile(&loaded, at, &state)?;
-    let kind = SubjectKind::parse(a.kind.as_deref()).ok_or_else(|| anyhow!("`--kind` is `staff` or `contractor`"))?;
+    let kind = SubjectKind::parse(a.kind.as_deref())
+        .ok_or_else(|| anyhow!("`--kind` is `staff` or `contractor`"))?;
     let req = Request {
         system: a.system.clone(),
-        subject: Subject::new(&a.sub, a.section.as_deref(), kind, a.contract.as_deref(), &a.amr),
+        subject: Subject::new(
+            &a.sub,
+            a.section.as_deref(),
+            kind,
+            a.contract.as_deref(),
+            &a.amr,
+        ),
         asset: a.asset.clone(),
         action: parse_action(&a.action)?,
         env: Env {
@@ -207,13 +251,21 @@ fn explain(a: &ExplainArgs) -> anyhow::Result<u8> {
     } else {
         print!("{}", render_explanation(&ex, at));
     }
-    Ok(if ex.decision.allow { EXIT_OK } else { EXIT_DENIED })
+    Ok(if ex.decision.allow {
+        EXIT_OK
+    } else {
+        EXIT_DENIED
+    })
 }
 
 fn render_explanation(ex: &Explanation, at: Instant) -> String {
     let d = &ex.decision;
     let mut out = String::new();
-    out.push_str(&format!("decision: {}  reason: {}\n", if d.allow { "ALLOW" } else { "DENY" }, d.reason.as_str()));
+    out.push_str(&format!(
+        "decision: {}  reason: {}\n",
+        if d.allow { "ALLOW" } else { "DENY" },
+        d.reason.as_str()
+    ));
     out.push_str(&format!("  {}\n  {}\n", d.message_ja, d.message_en));
     if let Some(r) = &d.rule {
         match &r.source {
@@ -225,14 +277,29 @@ fn render_explanation(ex: &Explanation, at: Instant) -> String {
         out.push_str(&format!("label: {label}\n"));
     }
     if !d.obligations.is_empty() {
-        out.push_str(&format!("obligations: {}\n", obligation_names(&d.obligations).join(", ")));
+        out.push_str(&format!(
+            "obligations: {}\n",
+            obligation_names(&d.obligations).join(", ")
+        ));
     }
-    out.push_str(&format!("policy version: {}  (decided at {})\n", d.policy_version, format_jst(at)));
+    out.push_str(&format!(
+        "policy version: {}  (decided at {})\n",
+        d.policy_version,
+        format_jst(at)
+    ));
     out.push_str("rules considered, in order:\n");
     for step in &ex.trace {
-        out.push_str(&format!("  {:<18} {}\n", step.reason.as_str(), if step.applies { "applies ←" } else { "no" }));
+        out.push_str(&format!(
+            "  {:<18} {}\n",
+            step.reason.as_str(),
+            if step.applies { "applies ←" } else { "no" }
+        ));
     }
-    let tuple: Vec<String> = ex.casbin_request.iter().map(|v| format!("\"{}\"", escape(v))).collect();
+    let tuple: Vec<String> = ex
+        .casbin_request
+        .iter()
+        .map(|v| format!("\"{}\"", escape(v)))
+        .collect();
     out.push_str(&format!("casbin request (sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass):\n  {}\n", tuple.join(", ")));
     out.push_str(&format!(
         "casbin decision: {}\n",
@@ -258,10 +325,21 @@ fn obligation_names(obligations: &[Obligation]) -> Vec<String> {
 /// The request a decision test describes; `Err` when its subject could not be a valid token.
 pub fn test_request(t: &TestCase) -> Result<Request, String> {
     let s = &t.subject;
-    let kind = SubjectKind::parse(s.kind.as_deref()).ok_or_else(|| format!("subject kind `{}` makes the token invalid", s.kind.as_deref().unwrap_or("")))?;
+    let kind = SubjectKind::parse(s.kind.as_deref()).ok_or_else(|| {
+        format!(
+            "subject kind `{}` makes the token invalid",
+            s.kind.as_deref().unwrap_or("")
+        )
+    })?;
     Ok(Request {
         system: t.system.value.clone(),
-        subject: Subject::new(&s.sub, s.section.as_deref(), kind, s.contract.as_deref(), &s.amr),
+        subject: Subject::new(
+            &s.sub,
+            s.section.as_deref(),
+            kind,
+            s.contract.as_deref(),
+            &s.amr,
+        ),
         asset: t.asset.value.clone(),
         action: t.action.value,
         env: Env {
@@ -277,17 +355,34 @@ pub fn mismatches(t: &TestCase, d: &Decision) -> Vec<String> {
     let mut out = Vec::new();
     let word = |b: bool| if b { "allow" } else { "deny" };
     if d.allow != t.expect_allow.value {
-        out.push(format!("expected {}, got {} ({})", word(t.expect_allow.value), word(d.allow), d.reason.as_str()));
+        out.push(format!(
+            "expected {}, got {} ({})",
+            word(t.expect_allow.value),
+            word(d.allow),
+            d.reason.as_str()
+        ));
     }
     if let Some(r) = &t.reason {
         if r.value != d.reason.as_str() {
-            out.push(format!("expected reason `{}`, got `{}`", r.value, d.reason.as_str()));
+            out.push(format!(
+                "expected reason `{}`, got `{}`",
+                r.value,
+                d.reason.as_str()
+            ));
         }
     }
     if let Some(rule) = &t.rule {
-        let got = d.rule.as_ref().map(|r| r.id.to_string()).unwrap_or_default();
+        let got = d
+            .rule
+            .as_ref()
+            .map(|r| r.id.to_string())
+            .unwrap_or_default();
         if rule.value != got {
-            out.push(format!("expected rule `{}`, got `{}`", rule.value, if got.is_empty() { "(none)" } else { &got }));
+            out.push(format!(
+                "expected rule `{}`, got `{}`",
+                rule.value,
+                if got.is_empty() { "(none)" } else { &got }
+            ));
         }
     }
     if let Some(obl) = &t.obligations {
@@ -296,7 +391,11 @@ pub fn mismatches(t: &TestCase, d: &Decision) -> Vec<String> {
         want.sort_unstable();
         got.sort_unstable();
         if want != got {
-            out.push(format!("expected obligations [{}], got [{}]", want.join(", "), got.join(", ")));
+            out.push(format!(
+                "expected obligations [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
         }
     }
     out
@@ -313,7 +412,10 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
     let mut cases = Vec::new();
     for t in tests {
         let at = t.at.unwrap_or(default_at);
-        let pos = match snapshots.iter().position(|(sat, sst, _)| *sat == at && *sst == t.state) {
+        let pos = match snapshots
+            .iter()
+            .position(|(sat, sst, _)| *sat == at && *sst == t.state)
+        {
             Some(p) => p,
             None => {
                 let snap = Snapshot::compile(&loaded, at, &t.state)?;
@@ -321,7 +423,9 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
                 snapshots.len() - 1
             }
         };
-        let Some((_, _, snap)) = snapshots.get(pos) else { continue };
+        let Some((_, _, snap)) = snapshots.get(pos) else {
+            continue;
+        };
         let loc = loaded.bundle.sources.location(t.span);
         let problems = match test_request(t) {
             Ok(req) => {
@@ -361,10 +465,11 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
             writeln!(f, "{c}")?;
         }
     }
-    let by_version: HashMap<&str, usize> = snapshots.iter().fold(HashMap::new(), |mut m, (_, _, s)| {
-        *m.entry(&**s.version()).or_default() += 1;
-        m
-    });
+    let by_version: HashMap<&str, usize> =
+        snapshots.iter().fold(HashMap::new(), |mut m, (_, _, s)| {
+            *m.entry(&**s.version()).or_default() += 1;
+            m
+        });
     println!(
         "{} passed, {} failed ({} tests, {} snapshot{})",
         tests.len() - failed,

@@ -41,7 +41,11 @@ pub const P_ROWS: [[&str; 2]; 2] = [["deny", "deny"], ["allow", "allow"]];
 /// Percent-encodes ASCII characters outside `[A-Za-z0-9._~@:/-]` (and `%`). Non-ASCII
 /// text (Japanese names, purposes) passes unchanged.
 pub fn encode(text: &str) -> Cow<'_, str> {
-    let safe = |c: char| !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '@' | ':' | '/' | '-');
+    let safe = |c: char| {
+        !c.is_ascii()
+            || c.is_ascii_alphanumeric()
+            || matches!(c, '.' | '_' | '~' | '@' | ':' | '/' | '-')
+    };
     if text.chars().all(safe) {
         return Cow::Borrowed(text);
     }
@@ -84,7 +88,8 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
         emit("p", &row, Origin::Model);
     }
     // Contracts in force, by section, to expand per asset below.
-    let mut contracts_by_section: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    let mut contracts_by_section: std::collections::HashMap<&str, Vec<&str>> =
+        std::collections::HashMap::new();
     let mut contract_ids: Vec<&String> = facts.contracts.keys().collect();
     contract_ids.sort();
     for c in contract_ids {
@@ -92,7 +97,10 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
             let mut s: Vec<&String> = sections.iter().collect();
             s.sort();
             for sec in s {
-                contracts_by_section.entry(sec.as_str()).or_default().push(c.as_str());
+                contracts_by_section
+                    .entry(sec.as_str())
+                    .or_default()
+                    .push(c.as_str());
             }
         }
     }
@@ -133,15 +141,22 @@ fn tier_fact(t: Tier) -> &'static str {
 }
 
 fn grant_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Origin)) {
-    let (Some(a), Some(grants)) = (facts.assets.get(ai as usize), facts.grants.get(ai as usize)) else {
+    let (Some(a), Some(grants)) = (facts.assets.get(ai as usize), facts.grants.get(ai as usize))
+    else {
         return;
     };
     let dom = a.id.as_str();
-    for (prefix, map) in [("u:", &grants.users), ("s:", &grants.sections), ("c:", &grants.contracts)] {
+    for (prefix, map) in [
+        ("u:", &grants.users),
+        ("s:", &grants.sections),
+        ("c:", &grants.contracts),
+    ] {
         let mut names: Vec<&String> = map.keys().collect();
         names.sort();
         for name in names {
-            let Some(entries) = map.get(name) else { continue };
+            let Some(entries) = map.get(name) else {
+                continue;
+            };
             let node = format!("{prefix}{}", encode(name));
             for action in Action::ALL {
                 if a.my_number {
@@ -170,18 +185,31 @@ fn lockdown_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Ori
     if facts.lockdowns.is_empty() {
         return;
     }
-    let Some(a) = facts.assets.get(ai as usize) else { return };
+    let Some(a) = facts.assets.get(ai as usize) else {
+        return;
+    };
     for h in &a.holders {
-        let covering: Vec<(usize, &super::facts::ActiveLockdown)> =
-            facts.lockdowns.iter().enumerate().filter(|(_, l)| l.covers(ai, h)).collect();
-        let Some((first, _)) = covering.first() else { continue };
+        let covering: Vec<(usize, &super::facts::ActiveLockdown)> = facts
+            .lockdowns
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.covers(ai, h))
+            .collect();
+        let Some((first, _)) = covering.first() else {
+            continue;
+        };
         let origin = Origin::Lockdown(u32::try_from(*first).unwrap_or(u32::MAX));
         let sys = format!("y:{h}");
         emit("g", &[&sys, "locked", &a.id], origin);
         // Exempt only from every lockdown that covers the request.
         let mut exempt: Vec<&String> = covering
             .first()
-            .map(|(_, l)| l.exempt.iter().filter(|u| covering.iter().all(|(_, o)| o.exempt.contains(*u))).collect())
+            .map(|(_, l)| {
+                l.exempt
+                    .iter()
+                    .filter(|u| covering.iter().all(|(_, o)| o.exempt.contains(*u)))
+                    .collect()
+            })
             .unwrap_or_default();
         exempt.sort();
         let fact = format!("exempt:{h}");
@@ -192,7 +220,9 @@ fn lockdown_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Ori
 }
 
 fn emergency_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Origin)) {
-    let Some(a) = facts.assets.get(ai as usize) else { return };
+    let Some(a) = facts.assets.get(ai as usize) else {
+        return;
+    };
     if !a.availability_2() {
         return;
     }
@@ -218,10 +248,18 @@ fn emergency_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Or
         }
     }
     for (u, ei) in users {
-        emit("g", &[&format!("u:{}", encode(u)), "responder", &a.id], Origin::Emergency(u32::try_from(ei).unwrap_or(u32::MAX)));
+        emit(
+            "g",
+            &[&format!("u:{}", encode(u)), "responder", &a.id],
+            Origin::Emergency(u32::try_from(ei).unwrap_or(u32::MAX)),
+        );
     }
     for (s, ei) in sections {
-        emit("g", &[&format!("s:{s}"), "responder", &a.id], Origin::Emergency(u32::try_from(ei).unwrap_or(u32::MAX)));
+        emit(
+            "g",
+            &[&format!("s:{s}"), "responder", &a.id],
+            Origin::Emergency(u32::try_from(ei).unwrap_or(u32::MAX)),
+        );
     }
 }
 
@@ -258,7 +296,22 @@ mod tests {
 
     #[test]
     fn no_fact_is_spellable_as_a_prefixed_name() {
-        for fact in ["registered", "tier:public", "tier:internal", "tier:secret", "my_number", "integrity:2", "owner", "holder", "contract", "locked", "exempt:juki", "responder", "read", "update/x"] {
+        for fact in [
+            "registered",
+            "tier:public",
+            "tier:internal",
+            "tier:secret",
+            "my_number",
+            "integrity:2",
+            "owner",
+            "holder",
+            "contract",
+            "locked",
+            "exempt:juki",
+            "responder",
+            "read",
+            "update/x",
+        ] {
             for prefix in ["@", "y:", "s:", "c:", "u:"] {
                 assert!(!fact.starts_with(prefix), "{fact} vs {prefix}");
             }

@@ -53,13 +53,23 @@ impl Subject {
         if amr.iter().any(|m| m == "mfa") {
             return true;
         }
-        let mut distinct: Vec<&str> = amr.iter().map(String::as_str).filter(|m| !m.trim().is_empty()).collect();
+        let mut distinct: Vec<&str> = amr
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !m.trim().is_empty())
+            .collect();
         distinct.sort_unstable();
         distinct.dedup();
         distinct.len() >= 2
     }
 
-    pub fn new(sub: &str, section: Option<&str>, kind: SubjectKind, contract: Option<&str>, amr: &[String]) -> Self {
+    pub fn new(
+        sub: &str,
+        section: Option<&str>,
+        kind: SubjectKind,
+        contract: Option<&str>,
+        amr: &[String],
+    ) -> Self {
         Subject {
             sub: sub.to_string(),
             section: present(section).map(str::to_string),
@@ -138,7 +148,12 @@ impl Reason {
         Reason::PurposeRequired,
         Reason::OutputForbidden,
     ];
-    pub const ALLOW_RULES: [Reason; 4] = [Reason::Public, Reason::OwnerSection, Reason::Grant, Reason::BreakGlass];
+    pub const ALLOW_RULES: [Reason; 4] = [
+        Reason::Public,
+        Reason::OwnerSection,
+        Reason::Grant,
+        Reason::BreakGlass,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -160,26 +175,71 @@ impl Reason {
     }
 
     pub fn is_allow(self) -> bool {
-        matches!(self, Reason::Public | Reason::OwnerSection | Reason::Grant | Reason::BreakGlass)
+        matches!(
+            self,
+            Reason::Public | Reason::OwnerSection | Reason::Grant | Reason::BreakGlass
+        )
     }
 
     /// (日本語, English) explanation for the person at the keyboard.
     pub fn messages(self) -> (&'static str, &'static str) {
         match self {
-            Reason::UnknownAsset => ("情報資産台帳に登録されていない情報資産です。", "The asset is not in the information-asset register."),
-            Reason::SystemNotHolder => ("この情報システムはこの情報資産を取り扱うシステムとして登録されていません。", "This system is not registered as a holder of the asset."),
-            Reason::Lockdown => ("インシデント対応のため、この情報資産へのアクセスは遮断されています。", "Access to this asset is blocked by an incident lockdown."),
-            Reason::ContractInactive => ("委託契約が有効でないか、この情報資産の所管課を対象としていません。", "The contract is not in force or does not cover the asset's section."),
-            Reason::UnissuedDevice => ("市が支給した端末以外からはこの情報資産を利用できません。", "This asset may be used only from a city-issued device."),
-            Reason::MfaRequired => ("特定個人情報の利用には多要素認証が必要です。", "Multi-factor authentication is required for My Number data."),
-            Reason::PurposeRequired => ("特定個人情報の利用には事務の目的の指定が必要です。", "A purpose (the 事務 served) is required for My Number data."),
-            Reason::OutputForbidden => ("この情報資産のこの出力は禁止されています。", "This output of the asset is forbidden."),
-            Reason::Public => ("公開情報（機密性1）です。", "Public information (confidentiality 1)."),
-            Reason::OwnerSection => ("所管課の職員として許可されています。", "Allowed as staff of the owning section."),
-            Reason::Grant => ("承認された権限付与により許可されています。", "Allowed by an approved grant."),
-            Reason::BreakGlass => ("緊急事態における緊急アクセスとして許可されています。事後確認の対象です。", "Allowed as break-glass access in a declared emergency; subject to review."),
-            Reason::NoPermission => ("この操作の権限がありません。", "No permission for this action."),
-            Reason::InternalError => ("判定できなかったため、安全のため拒否しました。", "The decision could not be made; denied for safety."),
+            Reason::UnknownAsset => (
+                "情報資産台帳に登録されていない情報資産です。",
+                "The asset is not in the information-asset register.",
+            ),
+            Reason::SystemNotHolder => (
+                "この情報システムはこの情報資産を取り扱うシステムとして登録されていません。",
+                "This system is not registered as a holder of the asset.",
+            ),
+            Reason::Lockdown => (
+                "インシデント対応のため、この情報資産へのアクセスは遮断されています。",
+                "Access to this asset is blocked by an incident lockdown.",
+            ),
+            Reason::ContractInactive => (
+                "委託契約が有効でないか、この情報資産の所管課を対象としていません。",
+                "The contract is not in force or does not cover the asset's section.",
+            ),
+            Reason::UnissuedDevice => (
+                "市が支給した端末以外からはこの情報資産を利用できません。",
+                "This asset may be used only from a city-issued device.",
+            ),
+            Reason::MfaRequired => (
+                "特定個人情報の利用には多要素認証が必要です。",
+                "Multi-factor authentication is required for My Number data.",
+            ),
+            Reason::PurposeRequired => (
+                "特定個人情報の利用には事務の目的の指定が必要です。",
+                "A purpose (the 事務 served) is required for My Number data.",
+            ),
+            Reason::OutputForbidden => (
+                "この情報資産のこの出力は禁止されています。",
+                "This output of the asset is forbidden.",
+            ),
+            Reason::Public => (
+                "公開情報（機密性1）です。",
+                "Public information (confidentiality 1).",
+            ),
+            Reason::OwnerSection => (
+                "所管課の職員として許可されています。",
+                "Allowed as staff of the owning section.",
+            ),
+            Reason::Grant => (
+                "承認された権限付与により許可されています。",
+                "Allowed by an approved grant.",
+            ),
+            Reason::BreakGlass => (
+                "緊急事態における緊急アクセスとして許可されています。事後確認の対象です。",
+                "Allowed as break-glass access in a declared emergency; subject to review.",
+            ),
+            Reason::NoPermission => (
+                "この操作の権限がありません。",
+                "No permission for this action.",
+            ),
+            Reason::InternalError => (
+                "判定できなかったため、安全のため拒否しました。",
+                "The decision could not be made; denied for safety.",
+            ),
         }
     }
 }
@@ -269,7 +329,10 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
         return plain(Reason::UnknownAsset);
     };
     step(Reason::UnknownAsset, false);
-    if step(Reason::SystemNotHolder, !asset.holders.iter().any(|h| *h == req.system)) {
+    if step(
+        Reason::SystemNotHolder,
+        !asset.holders.contains(&req.system),
+    ) {
         return plain(Reason::SystemNotHolder);
     }
     let s = &req.subject;
@@ -288,22 +351,27 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
         };
     }
     let contract_ok = s.kind == SubjectKind::Staff
-        || s
-            .contract
+        || s.contract
             .as_deref()
             .and_then(|c| facts.contracts.get(c))
             .is_some_and(|sections| sections.contains(&asset.owner));
     if step(Reason::ContractInactive, !contract_ok) {
         return plain(Reason::ContractInactive);
     }
-    if step(Reason::UnissuedDevice, !req.env.device_issued && asset.tier != Tier::Public) {
+    if step(
+        Reason::UnissuedDevice,
+        !req.env.device_issued && asset.tier != Tier::Public,
+    ) {
         return plain(Reason::UnissuedDevice);
     }
     if step(Reason::MfaRequired, asset.my_number && !s.mfa) {
         return plain(Reason::MfaRequired);
     }
     let purpose = req.env.purpose();
-    if step(Reason::PurposeRequired, asset.my_number && purpose.is_none()) {
+    if step(
+        Reason::PurposeRequired,
+        asset.my_number && purpose.is_none(),
+    ) {
         return plain(Reason::PurposeRequired);
     }
     let act = req.action;
@@ -313,7 +381,10 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
         return plain(Reason::OutputForbidden);
     }
 
-    if step(Reason::Public, asset.tier == Tier::Public && (act == Action::Read || act.is_output())) {
+    if step(
+        Reason::Public,
+        asset.tier == Tier::Public && (act == Action::Read || act.is_output()),
+    ) {
         return plain(Reason::Public);
     }
     let owner = s.kind == SubjectKind::Staff
@@ -327,23 +398,41 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
     }
     let principals = Principals {
         user: &s.sub,
-        section: if s.kind == SubjectKind::Staff { s.section.as_deref() } else { None },
-        contract: if s.kind == SubjectKind::Contractor { s.contract.as_deref() } else { None },
+        section: if s.kind == SubjectKind::Staff {
+            s.section.as_deref()
+        } else {
+            None
+        },
+        contract: if s.kind == SubjectKind::Contractor {
+            s.contract.as_deref()
+        } else {
+            None
+        },
     };
     let grant = facts.first_grant(ai, &principals, act, purpose);
     if step(Reason::Grant, grant.is_some()) {
         return Verdict {
             reason: Reason::Grant,
-            rule: grant.and_then(|g| facts.grant_sources.get(g as usize)).map(|g| RuleRef {
-                kind: "grant",
-                id: g.id.clone(),
-                source: g.location.clone(),
-            }),
+            rule: grant
+                .and_then(|g| facts.grant_sources.get(g as usize))
+                .map(|g| RuleRef {
+                    kind: "grant",
+                    id: g.id.clone(),
+                    source: g.location.clone(),
+                }),
         };
     }
-    let emergency = if req.env.break_glass() && asset.availability_2() && s.kind == SubjectKind::Staff && act == Action::Read {
+    let emergency = if req.env.break_glass()
+        && asset.availability_2()
+        && s.kind == SubjectKind::Staff
+        && act == Action::Read
+    {
         facts.emergencies.iter().find(|e| {
-            e.covers(ai) && (e.users.contains(&s.sub) || s.section.as_ref().is_some_and(|sec| e.sections.contains(sec)))
+            e.covers(ai)
+                && (e.users.contains(&s.sub)
+                    || s.section
+                        .as_ref()
+                        .is_some_and(|sec| e.sections.contains(sec)))
         })
     } else {
         None
@@ -362,7 +451,11 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
 }
 
 /// Obligations of an allow (SPEC §6).
-pub fn obligations(asset: &super::facts::AssetFacts, action: Action, reason: Reason) -> Vec<Obligation> {
+pub fn obligations(
+    asset: &super::facts::AssetFacts,
+    action: Action,
+    reason: Reason,
+) -> Vec<Obligation> {
     let mut out = Vec::new();
     let guarded = matches!(asset.tier, Tier::Internal | Tier::Secret);
     if guarded && matches!(action, Action::Export | Action::Transmit) {
@@ -402,7 +495,10 @@ mod tests {
     #[test]
     fn kind_is_staff_contractor_or_invalid() {
         assert_eq!(SubjectKind::parse(None), Some(SubjectKind::Staff));
-        assert_eq!(SubjectKind::parse(Some("contractor")), Some(SubjectKind::Contractor));
+        assert_eq!(
+            SubjectKind::parse(Some("contractor")),
+            Some(SubjectKind::Contractor)
+        );
         assert_eq!(SubjectKind::parse(Some("admin")), None);
     }
 

@@ -137,7 +137,12 @@ impl Facts {
     }
 
     /// Reduces a validated bundle at `at` with `state` to facts.
-    pub fn build(idx: &Index, at: Instant, state: &RuntimeState, location: &dyn Fn(Span) -> Location) -> Facts {
+    pub fn build(
+        idx: &Index,
+        at: Instant,
+        state: &RuntimeState,
+        location: &dyn Fn(Span) -> Location,
+    ) -> Facts {
         let bundle = idx.bundle;
         let mut facts = Facts {
             at: Some(at),
@@ -195,38 +200,57 @@ impl Facts {
             let purposes: Arc<[String]> = g.purposes.iter().map(|p| p.value.clone()).collect();
             let no_purposes: Arc<[String]> = Arc::from(Vec::new());
             for bundle_asset in idx.grant_assets(g) {
-                let Some(asset_id) = bundle.assets.get(bundle_asset).map(|a| a.id.value.as_str()) else {
+                let Some(asset_id) = bundle.assets.get(bundle_asset).map(|a| a.id.value.as_str())
+                else {
                     continue;
                 };
-                let Some(&ai) = facts.asset_index.get(asset_id) else { continue };
+                let Some(&ai) = facts.asset_index.get(asset_id) else {
+                    continue;
+                };
                 let my_number = facts.assets.get(ai as usize).is_some_and(|a| a.my_number);
                 let entry = GrantEntry {
                     order,
                     actions,
-                    purposes: if my_number { purposes.clone() } else { no_purposes.clone() },
+                    purposes: if my_number {
+                        purposes.clone()
+                    } else {
+                        no_purposes.clone()
+                    },
                 };
-                let Some(slot) = facts.grants.get_mut(ai as usize) else { continue };
+                let Some(slot) = facts.grants.get_mut(ai as usize) else {
+                    continue;
+                };
                 for u in &g.subjects.users {
-                    slot.users.entry(u.value.clone()).or_default().push(entry.clone());
+                    slot.users
+                        .entry(u.value.clone())
+                        .or_default()
+                        .push(entry.clone());
                 }
                 for s in &g.subjects.sections {
-                    slot.sections.entry(s.value.clone()).or_default().push(entry.clone());
+                    slot.sections
+                        .entry(s.value.clone())
+                        .or_default()
+                        .push(entry.clone());
                 }
                 for c in &g.subjects.contracts {
-                    slot.contracts.entry(c.value.clone()).or_default().push(entry.clone());
+                    slot.contracts
+                        .entry(c.value.clone())
+                        .or_default()
+                        .push(entry.clone());
                 }
             }
         }
 
-        let assets_of_sections = |sections: &[crate::policy::model::Spanned<String>], facts: &Facts| -> HashSet<u32> {
-            sections
-                .iter()
-                .filter_map(|s| idx.assets_by_owner.get(s.value.as_str()))
-                .flatten()
-                .filter_map(|&bi| bundle.assets.get(bi))
-                .filter_map(|a| facts.asset_index.get(a.id.value.as_str()).copied())
-                .collect()
-        };
+        let assets_of_sections =
+            |sections: &[crate::policy::model::Spanned<String>], facts: &Facts| -> HashSet<u32> {
+                sections
+                    .iter()
+                    .filter_map(|s| idx.assets_by_owner.get(s.value.as_str()))
+                    .flatten()
+                    .filter_map(|&bi| bundle.assets.get(bi))
+                    .filter_map(|a| facts.asset_index.get(a.id.value.as_str()).copied())
+                    .collect()
+            };
 
         for l in &state.lockdowns {
             note(l.from.value, l.until.as_ref().map(|u| u.value));
@@ -234,7 +258,12 @@ impl Facts {
                 continue;
             }
             let mut assets = assets_of_sections(&l.scope.sections, &facts);
-            assets.extend(l.scope.assets.iter().filter_map(|a| facts.asset_index.get(a.value.as_str()).copied()));
+            assets.extend(
+                l.scope
+                    .assets
+                    .iter()
+                    .filter_map(|a| facts.asset_index.get(a.value.as_str()).copied()),
+            );
             facts.lockdowns.push(ActiveLockdown {
                 source: RuleSource {
                     id: Arc::from(l.id.value.as_str()),
@@ -253,7 +282,11 @@ impl Facts {
             let assets = match &e.scope {
                 EmergencyScope::All => None,
                 EmergencyScope::Sections(s) => Some(assets_of_sections(s, &facts)),
-                EmergencyScope::Assets(a) => Some(a.iter().filter_map(|a| facts.asset_index.get(a.value.as_str()).copied()).collect()),
+                EmergencyScope::Assets(a) => Some(
+                    a.iter()
+                        .filter_map(|a| facts.asset_index.get(a.value.as_str()).copied())
+                        .collect(),
+                ),
             };
             facts.emergencies.push(ActiveEmergency {
                 source: RuleSource {
@@ -262,7 +295,11 @@ impl Facts {
                 },
                 assets,
                 users: e.responder_users.iter().map(|u| u.value.clone()).collect(),
-                sections: e.responder_sections.iter().map(|s| s.value.clone()).collect(),
+                sections: e
+                    .responder_sections
+                    .iter()
+                    .map(|s| s.value.clone())
+                    .collect(),
             });
         }
 
@@ -281,11 +318,18 @@ impl Facts {
 
     /// The first grant (bundle order) on `asset` that gives `action` to one of the
     /// subject's principals, with the purpose check of `my_number` assets.
-    pub fn first_grant(&self, asset: u32, principals: &Principals<'_>, action: Action, purpose: Option<&str>) -> Option<u32> {
+    pub fn first_grant(
+        &self,
+        asset: u32,
+        principals: &Principals<'_>,
+        action: Action,
+        purpose: Option<&str>,
+    ) -> Option<u32> {
         let grants = self.grants.get(asset as usize)?;
         let my_number = self.assets.get(asset as usize).is_some_and(|a| a.my_number);
         let fits = |e: &&GrantEntry| {
-            e.actions & action.bit() != 0 && (!my_number || purpose.is_some_and(|p| e.purposes.iter().any(|gp| gp == p)))
+            e.actions & action.bit() != 0
+                && (!my_number || purpose.is_some_and(|p| e.purposes.iter().any(|gp| gp == p)))
         };
         let mut best: Option<u32> = None;
         let mut consider = |list: Option<&Vec<GrantEntry>>| {

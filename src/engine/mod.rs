@@ -87,7 +87,11 @@ pub struct Explanation {
 
 impl Snapshot {
     /// Compiles a valid bundle at `at` with `state`.
-    pub fn compile(loaded: &Loaded, at: Instant, state: &RuntimeState) -> Result<Snapshot, CompileError> {
+    pub fn compile(
+        loaded: &Loaded,
+        at: Instant,
+        state: &RuntimeState,
+    ) -> Result<Snapshot, CompileError> {
         if !loaded.is_valid() {
             return Err(CompileError::InvalidBundle);
         }
@@ -98,9 +102,10 @@ impl Snapshot {
     }
 
     pub fn from_facts(facts: Facts) -> Result<Snapshot, CompileError> {
-        let model = pollster::block_on(DefaultModel::from_str(MODEL_CONF)).map_err(|e| CompileError::Model(e.to_string()))?;
-        let mut enforcer =
-            pollster::block_on(Enforcer::new_raw(model, MemoryAdapter::default())).map_err(|e| CompileError::Model(e.to_string()))?;
+        let model = pollster::block_on(DefaultModel::from_str(MODEL_CONF))
+            .map_err(|e| CompileError::Model(e.to_string()))?;
+        let mut enforcer = pollster::block_on(Enforcer::new_raw(model, MemoryAdapter::default()))
+            .map_err(|e| CompileError::Model(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(MODEL_CONF.as_bytes());
         let mut expected = 0usize;
@@ -121,7 +126,9 @@ impl Snapshot {
         if loaded != expected {
             return Err(CompileError::RowsDropped { loaded, expected });
         }
-        enforcer.build_role_links().map_err(|e| CompileError::Model(e.to_string()))?;
+        enforcer
+            .build_role_links()
+            .map_err(|e| CompileError::Model(e.to_string()))?;
         let digest = hex::encode(hasher.finalize());
         let version: Arc<str> = Arc::from(format!("sha256:{}", &digest[..16]));
         Ok(Snapshot {
@@ -244,7 +251,11 @@ struct CsvWriter<'a> {
 
 impl<'a> CsvWriter<'a> {
     fn new(facts: &'a Facts, hasher: &'a mut Sha256) -> Self {
-        CsvWriter { facts, hasher, last: None }
+        CsvWriter {
+            facts,
+            hasher,
+            last: None,
+        }
     }
 
     fn row(&mut self, ptype: &str, values: &[&str], origin: Origin) -> String {
@@ -267,14 +278,31 @@ impl<'a> CsvWriter<'a> {
             None => s.id.to_string(),
         };
         match origin {
-            Origin::Model => String::from("# the decision rules (SPEC §6): deny rules first, then allow rules"),
+            Origin::Model => {
+                String::from("# the decision rules (SPEC §6): deny rules first, then allow rules")
+            }
             Origin::Asset(i) => f.assets.get(i as usize).map_or_else(String::new, |a| {
-                format!("# asset {} {} owner={} {}", a.id, a.name.as_deref().unwrap_or(""), a.owner, a.label)
+                format!(
+                    "# asset {} {} owner={} {}",
+                    a.id,
+                    a.name.as_deref().unwrap_or(""),
+                    a.owner,
+                    a.label
+                )
             }),
-            Origin::Grant(g) => f.grant_sources.get(g as usize).map_or_else(String::new, |s| format!("# grant {}", src(s))),
+            Origin::Grant(g) => f
+                .grant_sources
+                .get(g as usize)
+                .map_or_else(String::new, |s| format!("# grant {}", src(s))),
             Origin::Contract => String::from("# contracts in force"),
-            Origin::Lockdown(l) => f.lockdowns.get(l as usize).map_or_else(String::new, |s| format!("# lockdown {}", src(&s.source))),
-            Origin::Emergency(e) => f.emergencies.get(e as usize).map_or_else(String::new, |s| format!("# emergency {}", src(&s.source))),
+            Origin::Lockdown(l) => f
+                .lockdowns
+                .get(l as usize)
+                .map_or_else(String::new, |s| format!("# lockdown {}", src(&s.source))),
+            Origin::Emergency(e) => f
+                .emergencies
+                .get(e as usize)
+                .map_or_else(String::new, |s| format!("# emergency {}", src(&s.source))),
         }
     }
 }

@@ -65,13 +65,20 @@ impl<'n> MapReader<'n> {
         for ((key, _), used) in self.entries.iter().zip(self.used) {
             if !used {
                 let hint = match closest(&key.text, allowed) {
-                    Some(near) => format!("did you mean `{near}`? allowed keys: {}", allowed.join(", ")),
+                    Some(near) => format!(
+                        "did you mean `{near}`? allowed keys: {}",
+                        allowed.join(", ")
+                    ),
                     None => format!("allowed keys: {}", allowed.join(", ")),
                 };
                 d.diags.push(
-                    Diagnostic::error(codes::UNKNOWN_KEY, key.span, format!("unknown key `{}`", key.text))
-                        .value(key.text.clone())
-                        .hint(hint),
+                    Diagnostic::error(
+                        codes::UNKNOWN_KEY,
+                        key.span,
+                        format!("unknown key `{}`", key.text),
+                    )
+                    .value(key.text.clone())
+                    .hint(hint),
                 );
             }
         }
@@ -112,7 +119,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub fn is_valid_id(text: &str) -> bool {
     let mut chars = text.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
         && text.len() <= 128
 }
 
@@ -162,8 +170,12 @@ impl Decoder<'_> {
         let items = self.seq(node, what)?;
         if items.is_empty() {
             self.diags.push(
-                Diagnostic::error(codes::EMPTY_LIST, node.span, format!("`{what}` may not be empty"))
-                    .hint("name at least one entry, or remove the field if it is optional"),
+                Diagnostic::error(
+                    codes::EMPTY_LIST,
+                    node.span,
+                    format!("`{what}` may not be empty"),
+                )
+                .hint("name at least one entry, or remove the field if it is optional"),
             );
             return None;
         }
@@ -245,15 +257,25 @@ impl Decoder<'_> {
     }
 
     /// A value from a fixed vocabulary.
-    pub fn word<T>(&mut self, node: &Node, what: &str, names: &[&str], parse: impl Fn(&str) -> Option<T>) -> Option<Spanned<T>> {
+    pub fn word<T>(
+        &mut self,
+        node: &Node,
+        what: &str,
+        names: &[&str],
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<Spanned<T>> {
         let s = self.string(node)?;
         match parse(&s.value) {
             Some(v) => Some(Spanned::new(v, node.span)),
             None => {
                 self.diags.push(
-                    Diagnostic::error(codes::INVALID_VALUE, node.span, format!("unknown {what} `{}`", s.value))
-                        .value(s.value.clone())
-                        .hint(format!("use one of: {}", names.join(", "))),
+                    Diagnostic::error(
+                        codes::INVALID_VALUE,
+                        node.span,
+                        format!("unknown {what} `{}`", s.value),
+                    )
+                    .value(s.value.clone())
+                    .hint(format!("use one of: {}", names.join(", "))),
                 );
                 None
             }
@@ -266,13 +288,20 @@ impl Decoder<'_> {
             Some(a) => Some(Spanned::new(a, node.span)),
             None => {
                 let hint = match closest(&s.value, &Action::NAMES) {
-                    Some(near) => format!("did you mean `{near}`? actions: {}", Action::NAMES.join(", ")),
+                    Some(near) => format!(
+                        "did you mean `{near}`? actions: {}",
+                        Action::NAMES.join(", ")
+                    ),
                     None => format!("actions: {}", Action::NAMES.join(", ")),
                 };
                 self.diags.push(
-                    Diagnostic::error(codes::UNKNOWN_ACTION, node.span, format!("unknown action `{}`", s.value))
-                        .value(s.value.clone())
-                        .hint(hint),
+                    Diagnostic::error(
+                        codes::UNKNOWN_ACTION,
+                        node.span,
+                        format!("unknown action `{}`", s.value),
+                    )
+                    .value(s.value.clone())
+                    .hint(hint),
                 );
                 None
             }
@@ -301,8 +330,18 @@ impl Decoder<'_> {
     }
 
     /// A list whose items are each decoded by `item`; failed items are left out.
-    pub fn list<T>(&mut self, node: &Node, what: &str, nonempty: bool, mut item: impl FnMut(&mut Self, &Node) -> Option<T>) -> Option<Vec<T>> {
-        let items = if nonempty { self.nonempty_seq(node, what)? } else { self.seq(node, what)? };
+    pub fn list<T>(
+        &mut self,
+        node: &Node,
+        what: &str,
+        nonempty: bool,
+        mut item: impl FnMut(&mut Self, &Node) -> Option<T>,
+    ) -> Option<Vec<T>> {
+        let items = if nonempty {
+            self.nonempty_seq(node, what)?
+        } else {
+            self.seq(node, what)?
+        };
         Some(items.iter().filter_map(|n| item(self, n)).collect())
     }
 
@@ -320,7 +359,9 @@ pub fn organization(d: &mut Decoder, root: &Node) -> Option<Organization> {
         .required(d, "scheme", codes::MISSING_FIELD)
         .and_then(|n| d.word(n, "classification scheme", &Scheme::NAMES, Scheme::parse));
     let city = d.optional_text(m.get("city"));
-    let ciso = m.required(d, "ciso", codes::NO_CISO).and_then(|n| d.text(n));
+    let ciso = m
+        .required(d, "ciso", codes::NO_CISO)
+        .and_then(|n| d.text(n));
     let departments = m
         .required(d, "departments", codes::MISSING_FIELD)
         .and_then(|n| d.list(n, "departments", true, department))
@@ -329,14 +370,16 @@ pub fn organization(d: &mut Decoder, root: &Node) -> Option<Organization> {
     Some(Organization {
         scheme: scheme?,
         city,
-        ciso: ciso?,
+        ciso,
         departments,
     })
 }
 
 fn department(d: &mut Decoder, node: &Node) -> Option<Department> {
     let mut m = d.map(node, "a department")?;
-    let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+    let id = m
+        .required(d, "id", codes::MISSING_FIELD)
+        .and_then(|n| d.id(n));
     let name = d.optional_text(m.get("name"));
     let dept_id = id.as_ref().map(|i| i.value.clone()).unwrap_or_default();
     let sections = m
@@ -344,14 +387,22 @@ fn department(d: &mut Decoder, node: &Node) -> Option<Department> {
         .and_then(|n| d.list(n, "sections", true, |d, n| section(d, n, &dept_id)))
         .unwrap_or_default();
     m.finish(d, &["id", "name", "sections"]);
-    Some(Department { id: id?, name, sections })
+    Some(Department {
+        id: id?,
+        name,
+        sections,
+    })
 }
 
 fn section(d: &mut Decoder, node: &Node, department: &str) -> Option<Section> {
     let mut m = d.map(node, "a section")?;
-    let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+    let id = m
+        .required(d, "id", codes::MISSING_FIELD)
+        .and_then(|n| d.id(n));
     let name = d.optional_text(m.get("name"));
-    let chief = m.required(d, "chief", codes::NO_CHIEF).and_then(|n| d.text(n));
+    let chief = m
+        .required(d, "chief", codes::NO_CHIEF)
+        .and_then(|n| d.text(n));
     m.finish(d, &["id", "name", "chief"]);
     Some(Section {
         id: id?,
@@ -362,7 +413,12 @@ fn section(d: &mut Decoder, node: &Node, department: &str) -> Option<Section> {
 }
 
 /// A file whose root is `{ <key>: [entries] }`.
-fn entries<T>(d: &mut Decoder, root: &Node, key: &str, mut item: impl FnMut(&mut Decoder, &Node) -> Option<T>) -> Vec<T> {
+fn entries<T>(
+    d: &mut Decoder,
+    root: &Node,
+    key: &str,
+    mut item: impl FnMut(&mut Decoder, &Node) -> Option<T>,
+) -> Vec<T> {
     if let NodeKind::Scalar(s) = &root.kind {
         if s.is_null() {
             return Vec::new();
@@ -376,8 +432,12 @@ fn entries<T>(d: &mut Decoder, root: &Node, key: &str, mut item: impl FnMut(&mut
         Some(n) => d.list(n, key, false, &mut item).unwrap_or_default(),
         None => {
             d.diags.push(
-                Diagnostic::error(codes::MISSING_FIELD, m.span(), format!("missing required field `{key}`"))
-                    .hint(format!("the file holds a `{key}:` list")),
+                Diagnostic::error(
+                    codes::MISSING_FIELD,
+                    m.span(),
+                    format!("missing required field `{key}`"),
+                )
+                .hint(format!("the file holds a `{key}:` list")),
             );
             Vec::new()
         }
@@ -390,13 +450,19 @@ fn entries<T>(d: &mut Decoder, root: &Node, key: &str, mut item: impl FnMut(&mut
 pub fn systems(d: &mut Decoder, root: &Node) -> Vec<System> {
     entries(d, root, "systems", |d, node| {
         let mut m = d.map(node, "a system")?;
-        let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+        let id = m
+            .required(d, "id", codes::MISSING_FIELD)
+            .and_then(|n| d.id(n));
         let name = d.optional_text(m.get("name"));
-        let owner = m.required(d, "owner", codes::MISSING_FIELD).and_then(|n| d.id(n));
+        let owner = m
+            .required(d, "owner", codes::MISSING_FIELD)
+            .and_then(|n| d.id(n));
         let zone = m
             .required(d, "zone", codes::MISSING_FIELD)
             .and_then(|n| d.word(n, "zone", &Zone::NAMES, Zone::parse));
-        let identity = m.required(d, "identity", codes::MISSING_FIELD).and_then(|n| d.text(n));
+        let identity = m
+            .required(d, "identity", codes::MISSING_FIELD)
+            .and_then(|n| d.text(n));
         m.finish(d, &["id", "name", "owner", "zone", "identity"]);
         Some(System {
             id: id?,
@@ -412,16 +478,29 @@ pub fn systems(d: &mut Decoder, root: &Node) -> Vec<System> {
 pub fn assets(d: &mut Decoder, root: &Node) -> Vec<Asset> {
     entries(d, root, "assets", |d, node| {
         let mut m = d.map(node, "an asset")?;
-        let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+        let id = m
+            .required(d, "id", codes::MISSING_FIELD)
+            .and_then(|n| d.id(n));
         let name = d.optional_text(m.get("name"));
-        let owner = m.required(d, "owner", codes::MISSING_FIELD).and_then(|n| d.id(n));
+        let owner = m
+            .required(d, "owner", codes::MISSING_FIELD)
+            .and_then(|n| d.id(n));
         let systems = m
             .required(d, "systems", codes::MISSING_FIELD)
             .and_then(|n| d.list(n, "systems", true, |d, n| d.id(n)));
-        let confidentiality = m.required(d, "confidentiality", codes::MISSING_FIELD).and_then(|n| d.level(n));
-        let integrity = m.required(d, "integrity", codes::MISSING_FIELD).and_then(|n| d.level(n));
-        let availability = m.required(d, "availability", codes::MISSING_FIELD).and_then(|n| d.level(n));
-        let personal_info = m.get("personal_info").and_then(|n| d.bool(n)).is_some_and(|b| b.value);
+        let confidentiality = m
+            .required(d, "confidentiality", codes::MISSING_FIELD)
+            .and_then(|n| d.level(n));
+        let integrity = m
+            .required(d, "integrity", codes::MISSING_FIELD)
+            .and_then(|n| d.level(n));
+        let availability = m
+            .required(d, "availability", codes::MISSING_FIELD)
+            .and_then(|n| d.level(n));
+        let personal_info = m
+            .get("personal_info")
+            .and_then(|n| d.bool(n))
+            .is_some_and(|b| b.value);
         let my_number = match m.get("my_number") {
             Some(n) => d.bool(n)?,
             None => Spanned::new(false, m.span()),
@@ -432,8 +511,18 @@ pub fn assets(d: &mut Decoder, root: &Node) -> Vec<Asset> {
         m.finish(
             d,
             &[
-                "id", "name", "owner", "systems", "confidentiality", "integrity", "availability",
-                "personal_info", "my_number", "classified_by", "classified_at", "review_by",
+                "id",
+                "name",
+                "owner",
+                "systems",
+                "confidentiality",
+                "integrity",
+                "availability",
+                "personal_info",
+                "my_number",
+                "classified_by",
+                "classified_at",
+                "review_by",
             ],
         );
         Some(Asset {
@@ -458,14 +547,23 @@ pub fn assets(d: &mut Decoder, root: &Node) -> Vec<Asset> {
 pub fn contracts(d: &mut Decoder, root: &Node) -> Vec<Contract> {
     entries(d, root, "contracts", |d, node| {
         let mut m = d.map(node, "a contract")?;
-        let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+        let id = m
+            .required(d, "id", codes::MISSING_FIELD)
+            .and_then(|n| d.id(n));
         let contractor = d.optional_text(m.get("contractor"));
         let sections = m
             .required(d, "sections", codes::MISSING_FIELD)
             .and_then(|n| d.list(n, "sections", true, |d, n| d.id(n)));
-        let valid_from = m.required(d, "valid_from", codes::MISSING_FIELD).and_then(|n| d.time(n));
-        let valid_until = m.required(d, "valid_until", codes::MISSING_FIELD).and_then(|n| d.time(n));
-        m.finish(d, &["id", "contractor", "sections", "valid_from", "valid_until"]);
+        let valid_from = m
+            .required(d, "valid_from", codes::MISSING_FIELD)
+            .and_then(|n| d.time(n));
+        let valid_until = m
+            .required(d, "valid_until", codes::MISSING_FIELD)
+            .and_then(|n| d.time(n));
+        m.finish(
+            d,
+            &["id", "contractor", "sections", "valid_from", "valid_until"],
+        );
         Some(Contract {
             id: id?,
             contractor,
@@ -480,8 +578,12 @@ pub fn contracts(d: &mut Decoder, root: &Node) -> Vec<Contract> {
 pub fn grants(d: &mut Decoder, root: &Node) -> Vec<Grant> {
     entries(d, root, "grants", |d, node| {
         let mut m = d.map(node, "a grant")?;
-        let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
-        let subjects = m.required(d, "subjects", codes::MISSING_FIELD).and_then(|n| grant_subjects(d, n));
+        let id = m
+            .required(d, "id", codes::MISSING_FIELD)
+            .and_then(|n| d.id(n));
+        let subjects = m
+            .required(d, "subjects", codes::MISSING_FIELD)
+            .and_then(|n| grant_subjects(d, n));
         let assets_node = m.required(d, "assets", codes::MISSING_FIELD);
         let assets = assets_node.and_then(|n| asset_selection(d, n));
         let actions = m
@@ -489,16 +591,34 @@ pub fn grants(d: &mut Decoder, root: &Node) -> Vec<Grant> {
             .and_then(|n| d.list(n, "actions", true, |d, n| d.action(n)));
         let purposes_node = m.get("purposes");
         let purposes = match purposes_node {
-            Some(n) => d.list(n, "purposes", true, |d, n| d.text(n)).unwrap_or_default(),
+            Some(n) => d
+                .list(n, "purposes", true, |d, n| d.text(n))
+                .unwrap_or_default(),
             None => Vec::new(),
         };
-        let valid_from = m.required(d, "valid_from", codes::MISSING_FIELD).and_then(|n| d.time(n));
-        let valid_until = m.required(d, "valid_until", codes::MISSING_FIELD).and_then(|n| d.time(n));
-        let approved_by = m.required(d, "approved_by", codes::MISSING_FIELD).and_then(|n| d.text(n));
+        let valid_from = m
+            .required(d, "valid_from", codes::MISSING_FIELD)
+            .and_then(|n| d.time(n));
+        let valid_until = m
+            .required(d, "valid_until", codes::MISSING_FIELD)
+            .and_then(|n| d.time(n));
+        let approved_by = m
+            .required(d, "approved_by", codes::MISSING_FIELD)
+            .and_then(|n| d.text(n));
         let note = d.optional_text(m.get("note"));
         m.finish(
             d,
-            &["id", "subjects", "assets", "actions", "purposes", "valid_from", "valid_until", "approved_by", "note"],
+            &[
+                "id",
+                "subjects",
+                "assets",
+                "actions",
+                "purposes",
+                "valid_from",
+                "valid_until",
+                "approved_by",
+                "note",
+            ],
         );
         Some(Grant {
             id: id?,
@@ -535,8 +655,12 @@ fn grant_subjects(d: &mut Decoder, node: &Node) -> Option<GrantSubjects> {
     m.finish(d, &["users", "sections", "contracts"]);
     if s.users.is_empty() && s.sections.is_empty() && s.contracts.is_empty() {
         d.diags.push(
-            Diagnostic::error(codes::EMPTY_LIST, node.span, "a grant must name at least one subject")
-                .hint("add `users: [...]`, `sections: [...]` or `contracts: [...]`"),
+            Diagnostic::error(
+                codes::EMPTY_LIST,
+                node.span,
+                "a grant must name at least one subject",
+            )
+            .hint("add `users: [...]`, `sections: [...]` or `contracts: [...]`"),
         );
         return None;
     }
@@ -545,7 +669,9 @@ fn grant_subjects(d: &mut Decoder, node: &Node) -> Option<GrantSubjects> {
 
 fn asset_selection(d: &mut Decoder, node: &Node) -> Option<AssetSelection> {
     match &node.kind {
-        NodeKind::Seq(_) => d.list(node, "assets", true, |d, n| d.id(n)).map(AssetSelection::List),
+        NodeKind::Seq(_) => d
+            .list(node, "assets", true, |d, n| d.id(n))
+            .map(AssetSelection::List),
         NodeKind::Map(_) => {
             let mut m = d.map(node, "an asset selector")?;
             let sel = m.required(d, "select", codes::MISSING_FIELD)?;
@@ -577,10 +703,18 @@ pub fn tests(d: &mut Decoder, root: &Node) -> Vec<TestCase> {
             Some(n) => Some(runtime_state(d, n)?),
             None => None,
         };
-        let system = m.required(d, "system", codes::MISSING_FIELD).and_then(|n| d.string(n));
-        let subject = m.required(d, "subject", codes::MISSING_FIELD).and_then(|n| test_subject(d, n));
-        let asset = m.required(d, "asset", codes::MISSING_FIELD).and_then(|n| d.string(n));
-        let action = m.required(d, "action", codes::MISSING_FIELD).and_then(|n| d.action(n));
+        let system = m
+            .required(d, "system", codes::MISSING_FIELD)
+            .and_then(|n| d.string(n));
+        let subject = m
+            .required(d, "subject", codes::MISSING_FIELD)
+            .and_then(|n| test_subject(d, n));
+        let asset = m
+            .required(d, "asset", codes::MISSING_FIELD)
+            .and_then(|n| d.string(n));
+        let action = m
+            .required(d, "action", codes::MISSING_FIELD)
+            .and_then(|n| d.action(n));
         let env = match m.get("env") {
             Some(n) => test_env(d, n)?,
             None => TestEnv::default(),
@@ -600,7 +734,20 @@ pub fn tests(d: &mut Decoder, root: &Node) -> Vec<TestCase> {
         });
         m.finish(
             d,
-            &["name", "at", "state", "system", "subject", "asset", "action", "env", "expect", "reason", "rule", "obligations"],
+            &[
+                "name",
+                "at",
+                "state",
+                "system",
+                "subject",
+                "asset",
+                "action",
+                "env",
+                "expect",
+                "reason",
+                "rule",
+                "obligations",
+            ],
         );
         Some(TestCase {
             name: name.unwrap_or_else(|| String::from("(unnamed)")),
@@ -622,7 +769,9 @@ pub fn tests(d: &mut Decoder, root: &Node) -> Vec<TestCase> {
 
 fn test_subject(d: &mut Decoder, node: &Node) -> Option<TestSubject> {
     let mut m = d.map(node, "a test subject")?;
-    let sub = m.required(d, "sub", codes::MISSING_FIELD).and_then(|n| d.text(n));
+    let sub = m
+        .required(d, "sub", codes::MISSING_FIELD)
+        .and_then(|n| d.text(n));
     let section = m.get("section").and_then(|n| d.string(n)).map(|s| s.value);
     let kind = m.get("kind").and_then(|n| d.string(n)).map(|s| s.value);
     let contract = m.get("contract").and_then(|n| d.string(n)).map(|s| s.value);
@@ -647,7 +796,10 @@ fn test_subject(d: &mut Decoder, node: &Node) -> Option<TestSubject> {
 
 fn test_env(d: &mut Decoder, node: &Node) -> Option<TestEnv> {
     let mut m = d.map(node, "a test environment")?;
-    let device_issued = m.get("device_issued").and_then(|n| d.bool(n)).is_some_and(|b| b.value);
+    let device_issued = m
+        .get("device_issued")
+        .and_then(|n| d.bool(n))
+        .is_some_and(|b| b.value);
     let purpose = d.optional_text(m.get("purpose"));
     let break_glass_reason = d.optional_text(m.get("break_glass_reason"));
     m.finish(d, &["device_issued", "purpose", "break_glass_reason"]);
@@ -670,12 +822,17 @@ pub fn runtime_state(d: &mut Decoder, node: &Node) -> Option<RuntimeState> {
         None => Vec::new(),
     };
     m.finish(d, &["emergencies", "lockdowns"]);
-    Some(RuntimeState { emergencies, lockdowns })
+    Some(RuntimeState {
+        emergencies,
+        lockdowns,
+    })
 }
 
 fn emergency(d: &mut Decoder, node: &Node) -> Option<Emergency> {
     let mut m = d.map(node, "an emergency")?;
-    let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+    let id = m
+        .required(d, "id", codes::MISSING_FIELD)
+        .and_then(|n| d.id(n));
     let scope = m.required(d, "scope", codes::MISSING_FIELD).and_then(|n| match &n.kind {
         NodeKind::Scalar(s) if s.text == "all" => Some(EmergencyScope::All),
         NodeKind::Map(_) => {
@@ -724,8 +881,12 @@ fn emergency(d: &mut Decoder, node: &Node) -> Option<Emergency> {
         users = None;
     }
     let reason = d.optional_text(m.get("reason"));
-    let from = m.required(d, "from", codes::MISSING_FIELD).and_then(|n| d.time(n));
-    let until = m.required(d, "until", codes::MISSING_FIELD).and_then(|n| d.time(n));
+    let from = m
+        .required(d, "from", codes::MISSING_FIELD)
+        .and_then(|n| d.time(n));
+    let until = m
+        .required(d, "until", codes::MISSING_FIELD)
+        .and_then(|n| d.time(n));
     m.finish(d, &["id", "scope", "responders", "reason", "from", "until"]);
     Some(Emergency {
         id: id?,
@@ -740,11 +901,17 @@ fn emergency(d: &mut Decoder, node: &Node) -> Option<Emergency> {
 
 fn lockdown(d: &mut Decoder, node: &Node) -> Option<Lockdown> {
     let mut m = d.map(node, "a lockdown")?;
-    let id = m.required(d, "id", codes::MISSING_FIELD).and_then(|n| d.id(n));
+    let id = m
+        .required(d, "id", codes::MISSING_FIELD)
+        .and_then(|n| d.id(n));
     let scope = m.required(d, "scope", codes::MISSING_FIELD).and_then(|n| {
         let mut sm = d.map(n, "lockdown scope: assets, sections, systems")?;
         let mut scope = LockdownScope::default();
-        for (key, slot) in [("assets", &mut scope.assets), ("sections", &mut scope.sections), ("systems", &mut scope.systems)] {
+        for (key, slot) in [
+            ("assets", &mut scope.assets),
+            ("sections", &mut scope.sections),
+            ("systems", &mut scope.systems),
+        ] {
             if let Some(v) = sm.get(key) {
                 *slot = d.list(v, key, true, |d, n| d.id(n))?;
             }
@@ -752,8 +919,12 @@ fn lockdown(d: &mut Decoder, node: &Node) -> Option<Lockdown> {
         sm.finish(d, &["assets", "sections", "systems"]);
         if scope.assets.is_empty() && scope.sections.is_empty() && scope.systems.is_empty() {
             d.diags.push(
-                Diagnostic::error(codes::EMPTY_LIST, n.span, "a lockdown must name what it blocks")
-                    .hint("add `assets: [...]`, `sections: [...]` or `systems: [...]`"),
+                Diagnostic::error(
+                    codes::EMPTY_LIST,
+                    n.span,
+                    "a lockdown must name what it blocks",
+                )
+                .hint("add `assets: [...]`, `sections: [...]` or `systems: [...]`"),
             );
             return None;
         }
@@ -764,7 +935,9 @@ fn lockdown(d: &mut Decoder, node: &Node) -> Option<Lockdown> {
         Some(n) => d.list(n, "exempt", false, |d, n| d.text(n))?,
         None => Vec::new(),
     };
-    let from = m.required(d, "from", codes::MISSING_FIELD).and_then(|n| d.time(n));
+    let from = m
+        .required(d, "from", codes::MISSING_FIELD)
+        .and_then(|n| d.time(n));
     let until = m.get("until").and_then(|n| d.time(n));
     m.finish(d, &["id", "scope", "reason", "exempt", "from", "until"]);
     Some(Lockdown {
@@ -793,7 +966,10 @@ mod tests {
 
     #[test]
     fn typos_get_a_suggestion() {
-        assert_eq!(closest("valid_unitl", &["valid_from", "valid_until"]), Some("valid_until"));
+        assert_eq!(
+            closest("valid_unitl", &["valid_from", "valid_until"]),
+            Some("valid_until")
+        );
         assert_eq!(closest("zzzzzz", &["id", "owner"]), None);
     }
 }

@@ -109,9 +109,7 @@ impl Diagnostics {
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.items
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
+        self.items.iter().filter(|d| d.severity == Severity::Error)
     }
 
     pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
@@ -177,11 +175,7 @@ impl Diagnostics {
             plural(warnings)
         );
         if self.dropped > 0 {
-            let _ = write!(
-                s,
-                " ({} more not shown: fix these first)",
-                self.dropped
-            );
+            let _ = write!(s, " ({} more not shown: fix these first)", self.dropped);
         }
         s
     }
@@ -296,10 +290,9 @@ impl miette::Diagnostic for MietteDiag {
         Some(&self.src)
     }
     fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
-        Some(Box::new(std::iter::once(miette::LabeledSpan::new_with_span(
-            Some(self.label.clone()),
-            self.span,
-        ))))
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_with_span(Some(self.label.clone()), self.span),
+        )))
     }
 }
 
@@ -368,7 +361,10 @@ mod tests {
         let codes: Vec<_> = ds.all().iter().map(|d| d.code).collect();
         assert_eq!(codes, ["c3", "c1", "c2"]);
         let plain = ds.render(&s, Format::Plain, false);
-        assert!(plain.starts_with("a.yaml:1:1: warning[c3]: other file"), "{plain}");
+        assert!(
+            plain.starts_with("a.yaml:1:1: warning[c3]: other file"),
+            "{plain}"
+        );
         assert!(plain.contains("b.yaml:2:1: error[c2]"), "{plain}");
         assert!(plain.ends_with("2 errors, 1 warning\n"), "{plain}");
     }

@@ -38,7 +38,10 @@ impl<'b> Index<'b> {
                 continue;
             }
             assets.insert(a.id.value.as_str(), i);
-            assets_by_owner.entry(a.owner.value.as_str()).or_default().push(i);
+            assets_by_owner
+                .entry(a.owner.value.as_str())
+                .or_default()
+                .push(i);
         }
         let mut contracts = HashMap::new();
         for (i, c) in bundle.contracts.iter().enumerate() {
@@ -47,7 +50,11 @@ impl<'b> Index<'b> {
         Index {
             bundle,
             scheme: bundle.scheme(),
-            ciso: bundle.organization.as_ref().map(|o| o.ciso.value.as_str()),
+            ciso: bundle
+                .organization
+                .as_ref()
+                .and_then(|o| o.ciso.as_ref())
+                .map(|c| c.value.as_str()),
             sections,
             systems,
             assets,
@@ -68,11 +75,18 @@ impl<'b> Index<'b> {
     pub fn grant_assets(&self, grant: &Grant) -> Vec<usize> {
         match &grant.assets {
             AssetSelection::List(ids) => {
-                let mut out: Vec<usize> = ids.iter().filter_map(|id| self.assets.get(id.value.as_str()).copied()).collect();
+                let mut out: Vec<usize> = ids
+                    .iter()
+                    .filter_map(|id| self.assets.get(id.value.as_str()).copied())
+                    .collect();
                 out.dedup();
                 out
             }
-            AssetSelection::Select { owner, max_confidentiality, .. } => {
+            AssetSelection::Select {
+                owner,
+                max_confidentiality,
+                ..
+            } => {
                 let max_rank = match max_confidentiality {
                     Some(level) => match self.scheme.confidentiality_rank(&level.value) {
                         Some(r) => Some(r),
@@ -85,7 +99,10 @@ impl<'b> Index<'b> {
                     let Some(a) = self.bundle.assets.get(*i) else {
                         return false;
                     };
-                    match (max_rank, self.scheme.confidentiality_rank(&a.confidentiality.value)) {
+                    match (
+                        max_rank,
+                        self.scheme.confidentiality_rank(&a.confidentiality.value),
+                    ) {
                         (None, _) => true,
                         (Some(max), Some(r)) => r <= max,
                         (Some(_), None) => false,
@@ -98,7 +115,8 @@ impl<'b> Index<'b> {
                         .map(|v| v.iter().copied().filter(fits).collect())
                         .unwrap_or_default(),
                     None => {
-                        let mut all: Vec<usize> = self.assets.values().copied().filter(fits).collect();
+                        let mut all: Vec<usize> =
+                            self.assets.values().copied().filter(fits).collect();
                         all.sort_unstable();
                         all
                     }

@@ -55,10 +55,19 @@ pub fn load_dir(dir: &Path) -> (Bundle, Diagnostics) {
             .collect();
         match present.as_slice() {
             [] if required => {
-                let id = bundle.sources.add(SourceFile::new(format!("{stem}.yaml"), ""));
+                let id = bundle
+                    .sources
+                    .add(SourceFile::new(format!("{stem}.yaml"), ""));
                 diags.push(
-                    Diagnostic::error(codes::MISSING_FILE, Span::new(id, 0, 0), format!("`{stem}.yaml` is missing"))
-                        .hint(format!("every bundle has `{stem}.yaml` at its top level ({})", dir.display())),
+                    Diagnostic::error(
+                        codes::MISSING_FILE,
+                        Span::new(id, 0, 0),
+                        format!("`{stem}.yaml` is missing"),
+                    )
+                    .hint(format!(
+                        "every bundle has `{stem}.yaml` at its top level ({})",
+                        dir.display()
+                    )),
                 );
             }
             [] => {}
@@ -66,13 +75,21 @@ pub fn load_dir(dir: &Path) -> (Bundle, Diagnostics) {
             [first, second, ..] => {
                 let id = bundle.sources.add(SourceFile::new(second.clone(), ""));
                 diags.push(
-                    Diagnostic::error(codes::AMBIGUOUS, Span::new(id, 0, 0), format!("both `{first}` and `{second}` exist"))
-                        .hint("keep one of them"),
+                    Diagnostic::error(
+                        codes::AMBIGUOUS,
+                        Span::new(id, 0, 0),
+                        format!("both `{first}` and `{second}` exist"),
+                    )
+                    .hint("keep one of them"),
                 );
             }
         }
     }
-    for (kind, sub) in [(Kind::Assets, "assets"), (Kind::Grants, "grants"), (Kind::Tests, "tests")] {
+    for (kind, sub) in [
+        (Kind::Assets, "assets"),
+        (Kind::Grants, "grants"),
+        (Kind::Tests, "tests"),
+    ] {
         let mut found = Vec::new();
         collect_yaml(&dir.join(sub), sub, 0, &mut found, &mut diags, &mut bundle);
         found.sort_by(|a: &(String, PathBuf), b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -84,7 +101,11 @@ pub fn load_dir(dir: &Path) -> (Bundle, Diagnostics) {
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| is_yaml(n) && !n.starts_with('.'))
-            .filter(|n| !["organization", "systems", "contracts"].iter().any(|s| n == &format!("{s}.yaml") || n == &format!("{s}.yml")))
+            .filter(|n| {
+                !["organization", "systems", "contracts"]
+                    .iter()
+                    .any(|s| n == &format!("{s}.yaml") || n == &format!("{s}.yml"))
+            })
             .collect();
         stray.sort();
         for name in stray {
@@ -100,8 +121,12 @@ pub fn load_dir(dir: &Path) -> (Bundle, Diagnostics) {
     if files.len() > MAX_FILES {
         let id = bundle.sources.add(SourceFile::new(String::from("."), ""));
         diags.push(
-            Diagnostic::error(codes::TOO_MANY_FILES, Span::new(id, 0, 0), format!("{} YAML files; the limit is {MAX_FILES}", files.len()))
-                .hint("merge small files: one file per section is the convention"),
+            Diagnostic::error(
+                codes::TOO_MANY_FILES,
+                Span::new(id, 0, 0),
+                format!("{} YAML files; the limit is {MAX_FILES}", files.len()),
+            )
+            .hint("merge small files: one file per section is the convention"),
         );
         files.truncate(MAX_FILES);
     }
@@ -130,7 +155,14 @@ fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
-fn collect_yaml(dir: &Path, rel: &str, depth: usize, out: &mut Vec<(String, PathBuf)>, diags: &mut Vec<Diagnostic>, bundle: &mut Bundle) {
+fn collect_yaml(
+    dir: &Path,
+    rel: &str,
+    depth: usize,
+    out: &mut Vec<(String, PathBuf)>,
+    diags: &mut Vec<Diagnostic>,
+    bundle: &mut Bundle,
+) {
     if depth > MAX_DIR_DEPTH || out.len() > MAX_FILES {
         return;
     }
@@ -140,8 +172,12 @@ fn collect_yaml(dir: &Path, rel: &str, depth: usize, out: &mut Vec<(String, Path
         Err(e) => {
             let id = bundle.sources.add(SourceFile::new(rel.to_string(), ""));
             diags.push(
-                Diagnostic::error(codes::UNREADABLE, Span::new(id, 0, 0), format!("directory cannot be read: {}", io_reason(&e)))
-                    .hint("check the directory's permissions"),
+                Diagnostic::error(
+                    codes::UNREADABLE,
+                    Span::new(id, 0, 0),
+                    format!("directory cannot be read: {}", io_reason(&e)),
+                )
+                .hint("check the directory's permissions"),
             );
             return;
         }
@@ -172,14 +208,23 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn read_and_parse(rel: &str, path: &Path, bundle: &mut Bundle, diags: &mut Vec<Diagnostic>) -> Option<(u32, yaml::Node)> {
+fn read_and_parse(
+    rel: &str,
+    path: &Path,
+    bundle: &mut Bundle,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(u32, yaml::Node)> {
     let bytes = match read_limited(path) {
         Ok(b) => b,
         Err(e) => {
             let id = bundle.sources.add(SourceFile::new(rel.to_string(), ""));
             diags.push(
-                Diagnostic::error(codes::UNREADABLE, Span::new(id, 0, 0), format!("file cannot be read: {}", io_reason(&e)))
-                    .hint("check that the file exists and is readable by the sekimori user"),
+                Diagnostic::error(
+                    codes::UNREADABLE,
+                    Span::new(id, 0, 0),
+                    format!("file cannot be read: {}", io_reason(&e)),
+                )
+                .hint("check that the file exists and is readable by the sekimori user"),
             );
             return None;
         }
@@ -187,8 +232,12 @@ fn read_and_parse(rel: &str, path: &Path, bundle: &mut Bundle, diags: &mut Vec<D
     if bytes.len() > yaml::MAX_FILE_BYTES {
         let id = bundle.sources.add(SourceFile::new(rel.to_string(), ""));
         diags.push(
-            Diagnostic::error(yaml::codes::TOO_LARGE, Span::new(id, 0, 0), format!("file is larger than {} bytes", yaml::MAX_FILE_BYTES))
-                .hint("split the file: one file per section under `assets/` or `grants/`"),
+            Diagnostic::error(
+                yaml::codes::TOO_LARGE,
+                Span::new(id, 0, 0),
+                format!("file is larger than {} bytes", yaml::MAX_FILE_BYTES),
+            )
+            .hint("split the file: one file per section under `assets/` or `grants/`"),
         );
         return None;
     }
@@ -200,18 +249,28 @@ fn read_and_parse(rel: &str, path: &Path, bundle: &mut Bundle, diags: &mut Vec<D
             // Offsets in the lossy text equal the original's up to the first bad byte.
             let id = bundle.sources.add(SourceFile::new(rel.to_string(), lossy));
             diags.push(
-                Diagnostic::error(yaml::codes::NOT_UTF8, Span::new(id, valid_up_to, valid_up_to + 1), "file is not valid UTF-8")
-                    .label("first invalid byte")
-                    .hint("save the file as UTF-8 (policy files are UTF-8; Shift_JIS is not read)"),
+                Diagnostic::error(
+                    yaml::codes::NOT_UTF8,
+                    Span::new(id, valid_up_to, valid_up_to + 1),
+                    "file is not valid UTF-8",
+                )
+                .label("first invalid byte")
+                .hint("save the file as UTF-8 (policy files are UTF-8; Shift_JIS is not read)"),
             );
             return None;
         }
     };
-    let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
+    let text = text
+        .strip_prefix('\u{feff}')
+        .map(str::to_string)
+        .unwrap_or(text);
     let file = SourceFile::new(rel.to_string(), text);
     let mut local = Vec::new();
     let id = bundle.sources.add(file);
-    let root = bundle.sources.get(id).and_then(|f| yaml::parse(id, f, &mut local));
+    let root = bundle
+        .sources
+        .get(id)
+        .and_then(|f| yaml::parse(id, f, &mut local));
     diags.extend(local);
     root.map(|r| (id, r))
 }
@@ -221,6 +280,7 @@ fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let file = std::fs::File::open(path)?;
     let mut buf = Vec::new();
-    file.take(yaml::MAX_FILE_BYTES as u64 + 1).read_to_end(&mut buf)?;
+    file.take(yaml::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }

@@ -35,5 +35,8 @@ pub fn load(dir: &Path, at: Instant) -> Loaded {
         diagnostics.extend(validate::validate(&bundle, at));
     }
     diagnostics.finish(&bundle.sources);
-    Loaded { bundle, diagnostics }
+    Loaded {
+        bundle,
+        diagnostics,
+    }
 }

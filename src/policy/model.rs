@@ -196,7 +196,8 @@ impl std::fmt::Display for Action {
 pub struct Organization {
     pub scheme: Spanned<Scheme>,
     pub city: Option<String>,
-    pub ciso: Spanned<String>,
+    /// Missing only in a bundle with errors (`policy::organization::no_ciso`).
+    pub ciso: Option<Spanned<String>>,
     pub departments: Vec<Department>,
 }
 

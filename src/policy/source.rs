@@ -149,7 +149,7 @@ mod tests {
     fn line_and_column_count_characters() {
         let f = SourceFile::new("a.yaml", "ab\n市民課: x\n");
         let off = f.offset_of(2, 3);
-        assert_eq!(&f.text[off..off + 1], " ");
+        assert_eq!(&f.text[off..off + 1], ":");
         assert_eq!(f.line_col(off as u32), (2, 4));
         assert_eq!(f.line_col(0), (1, 1));
     }

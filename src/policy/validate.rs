@@ -55,9 +55,13 @@ pub fn validate(bundle: &Bundle, at: Instant) -> Vec<Diagnostic> {
     for t in &bundle.tests {
         if !idx.systems.contains_key(t.system.value.as_str()) {
             out.push(
-                Diagnostic::error(codes::TEST_UNKNOWN_SYSTEM, t.system.span, format!("test names unknown system `{}`", t.system.value))
-                    .value(t.system.value.clone())
-                    .hint("use a system id from systems.yaml"),
+                Diagnostic::error(
+                    codes::TEST_UNKNOWN_SYSTEM,
+                    t.system.span,
+                    format!("test names unknown system `{}`", t.system.value),
+                )
+                .value(t.system.value.clone())
+                .hint("use a system id from systems.yaml"),
             );
         }
         state(&idx, &t.state, &mut out);
@@ -66,13 +70,21 @@ pub fn validate(bundle: &Bundle, at: Instant) -> Vec<Diagnostic> {
 }
 
 fn duplicate(kind: &str, id: &Spanned<String>) -> Diagnostic {
-    Diagnostic::error(codes::DUPLICATE_ID, id.span, format!("{kind} id `{}` is used twice", id.value))
-        .value(id.value.clone())
-        .label("second use")
-        .hint(format!("{kind} ids are unique; rename one of them"))
+    Diagnostic::error(
+        codes::DUPLICATE_ID,
+        id.span,
+        format!("{kind} id `{}` is used twice", id.value),
+    )
+    .value(id.value.clone())
+    .label("second use")
+    .hint(format!("{kind} ids are unique; rename one of them"))
 }
 
-fn check_unique<'a>(kind: &str, ids: impl Iterator<Item = &'a Spanned<String>>, out: &mut Vec<Diagnostic>) {
+fn check_unique<'a>(
+    kind: &str,
+    ids: impl Iterator<Item = &'a Spanned<String>>,
+    out: &mut Vec<Diagnostic>,
+) {
     let mut seen: HashSet<&str> = HashSet::new();
     for id in ids {
         if !seen.insert(&id.value) {
@@ -90,13 +102,20 @@ fn unknown(code: &'static str, kind: &str, id: &Spanned<String>, hint: &str) -> 
 fn section_ref(idx: &Index, id: &Spanned<String>, out: &mut Vec<Diagnostic>) -> bool {
     let ok = idx.sections.contains_key(id.value.as_str());
     if !ok {
-        out.push(unknown(codes::UNKNOWN_SECTION, "section", id, "use a section id from organization.yaml"));
+        out.push(unknown(
+            codes::UNKNOWN_SECTION,
+            "section",
+            id,
+            "use a section id from organization.yaml",
+        ));
     }
     ok
 }
 
 fn organization(bundle: &Bundle, out: &mut Vec<Diagnostic>) {
-    let Some(org) = &bundle.organization else { return };
+    let Some(org) = &bundle.organization else {
+        return;
+    };
     check_unique("department", org.departments.iter().map(|d| &d.id), out);
     check_unique("section", bundle.sections().map(|s| &s.id), out);
 }
@@ -109,9 +128,16 @@ fn systems(idx: &Index, out: &mut Vec<Diagnostic>) {
         section_ref(idx, &s.owner, out);
         if let Some(other) = identities.get(s.identity.value.as_str()) {
             out.push(
-                Diagnostic::error(codes::DUPLICATE_IDENTITY, s.identity.span, format!("identity `{}` is already system `{other}`'s", s.identity.value))
-                    .value(s.identity.value.clone())
-                    .hint("each system has its own client certificate identity (URI or DNS SAN)"),
+                Diagnostic::error(
+                    codes::DUPLICATE_IDENTITY,
+                    s.identity.span,
+                    format!(
+                        "identity `{}` is already system `{other}`'s",
+                        s.identity.value
+                    ),
+                )
+                .value(s.identity.value.clone())
+                .hint("each system has its own client certificate identity (URI or DNS SAN)"),
             );
         } else {
             identities.insert(&s.identity.value, &s.id.value);
@@ -123,17 +149,36 @@ fn assets(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
     let bundle = idx.bundle;
     check_unique("asset", bundle.assets.iter().map(|a| &a.id), out);
     let today = jst_date(at);
-    let covered: HashSet<usize> = bundle.grants.iter().flat_map(|g| idx.grant_assets(g)).collect();
+    let covered: HashSet<usize> = bundle
+        .grants
+        .iter()
+        .flat_map(|g| idx.grant_assets(g))
+        .collect();
     for (i, a) in bundle.assets.iter().enumerate() {
         section_ref(idx, &a.owner, out);
-        let conf_ok = level(idx.scheme.confidentiality_levels(), &a.confidentiality, "confidentiality", out);
+        let conf_ok = level(
+            idx.scheme.confidentiality_levels(),
+            &a.confidentiality,
+            "confidentiality",
+            out,
+        );
         level(&Scheme::INTEGRITY_LEVELS, &a.integrity, "integrity", out);
-        level(&Scheme::AVAILABILITY_LEVELS, &a.availability, "availability", out);
+        level(
+            &Scheme::AVAILABILITY_LEVELS,
+            &a.availability,
+            "availability",
+            out,
+        );
         let mut zones: Vec<(&Spanned<String>, Zone)> = Vec::new();
         for sys in &a.systems {
             match idx.systems.get(sys.value.as_str()) {
                 Some(s) => zones.push((sys, s.zone.value)),
-                None => out.push(unknown(codes::UNKNOWN_SYSTEM, "system", sys, "use a system id from systems.yaml")),
+                None => out.push(unknown(
+                    codes::UNKNOWN_SYSTEM,
+                    "system",
+                    sys,
+                    "use a system id from systems.yaml",
+                )),
             }
         }
         if a.my_number.value {
@@ -148,9 +193,13 @@ fn assets(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
             }
             if conf_ok && Tier::of_level(&a.confidentiality.value) == Some(Tier::Public) {
                 out.push(
-                    Diagnostic::error(codes::MY_NUMBER_PUBLIC, a.confidentiality.span, format!("my_number asset `{}` has confidentiality `1`", a.id.value))
-                        .value(a.confidentiality.value.clone())
-                        .hint("an asset holding individual numbers is at least confidentiality 2"),
+                    Diagnostic::error(
+                        codes::MY_NUMBER_PUBLIC,
+                        a.confidentiality.span,
+                        format!("my_number asset `{}` has confidentiality `1`", a.id.value),
+                    )
+                    .value(a.confidentiality.value.clone())
+                    .hint("an asset holding individual numbers is at least confidentiality 2"),
                 );
             }
         }
@@ -158,9 +207,19 @@ fn assets(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
             for (sys, zone) in zones.iter().skip(1) {
                 if zone != first_zone {
                     out.push(
-                        Diagnostic::error(codes::MIXED_ZONES, sys.span, format!("`{}` is in zone `{}` but `{}` is in `{}`", sys.value, zone.as_str(), first_sys.value, first_zone.as_str()))
-                            .value(sys.value.clone())
-                            .hint("an asset's systems are all in one network zone (ネットワーク分離)"),
+                        Diagnostic::error(
+                            codes::MIXED_ZONES,
+                            sys.span,
+                            format!(
+                                "`{}` is in zone `{}` but `{}` is in `{}`",
+                                sys.value,
+                                zone.as_str(),
+                                first_sys.value,
+                                first_zone.as_str()
+                            ),
+                        )
+                        .value(sys.value.clone())
+                        .hint("an asset's systems are all in one network zone (ネットワーク分離)"),
                     );
                 }
             }
@@ -168,17 +227,35 @@ fn assets(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
         if let Some(review) = &a.review_by {
             if review.value < today {
                 out.push(
-                    Diagnostic::warning(codes::REVIEW_OVERDUE, review.span, format!("asset `{}` was due for review on {}", a.id.value, review.value))
-                        .value(review.value.to_string())
-                        .hint("the section chief reviews the classification and sets a new `review_by`"),
+                    Diagnostic::warning(
+                        codes::REVIEW_OVERDUE,
+                        review.span,
+                        format!(
+                            "asset `{}` was due for review on {}",
+                            a.id.value, review.value
+                        ),
+                    )
+                    .value(review.value.to_string())
+                    .hint(
+                        "the section chief reviews the classification and sets a new `review_by`",
+                    ),
                 );
             }
         }
-        if conf_ok && Tier::of_level(&a.confidentiality.value) == Some(Tier::Secret) && !covered.contains(&i) {
+        if conf_ok
+            && Tier::of_level(&a.confidentiality.value) == Some(Tier::Secret)
+            && !covered.contains(&i)
+        {
             out.push(
-                Diagnostic::warning(codes::SECRET_UNGRANTED, a.id.span, format!("secret asset `{}` is covered by no grant", a.id.value))
-                    .value(a.id.value.clone())
-                    .hint("nobody can reach it; add a grant to the handlers, or check the classification"),
+                Diagnostic::warning(
+                    codes::SECRET_UNGRANTED,
+                    a.id.span,
+                    format!("secret asset `{}` is covered by no grant", a.id.value),
+                )
+                .value(a.id.value.clone())
+                .hint(
+                    "nobody can reach it; add a grant to the handlers, or check the classification",
+                ),
             );
         }
     }
@@ -188,20 +265,33 @@ fn level(levels: &[&str], value: &Spanned<String>, what: &str, out: &mut Vec<Dia
     let ok = levels.contains(&value.value.as_str());
     if !ok {
         out.push(
-            Diagnostic::error(codes::LEVEL_NOT_IN_SCHEME, value.span, format!("{what} level `{}` is not in the scheme", value.value))
-                .value(value.value.clone())
-                .hint(format!("{what} levels here: {}", levels.join(", "))),
+            Diagnostic::error(
+                codes::LEVEL_NOT_IN_SCHEME,
+                value.span,
+                format!("{what} level `{}` is not in the scheme", value.value),
+            )
+            .value(value.value.clone())
+            .hint(format!("{what} levels here: {}", levels.join(", "))),
         );
     }
     ok
 }
 
-fn dates(from: &Spanned<Instant>, until: &Spanned<Instant>, what: &str, out: &mut Vec<Diagnostic>) -> bool {
+fn dates(
+    from: &Spanned<Instant>,
+    until: &Spanned<Instant>,
+    what: &str,
+    out: &mut Vec<Diagnostic>,
+) -> bool {
     let ok = until.value > from.value;
     if !ok {
         out.push(
-            Diagnostic::error(codes::UNTIL_NOT_AFTER_FROM, until.span, format!("{what} ends before it starts"))
-                .hint("`valid_until` is exclusive and must be after `valid_from`"),
+            Diagnostic::error(
+                codes::UNTIL_NOT_AFTER_FROM,
+                until.span,
+                format!("{what} ends before it starts"),
+            )
+            .hint("`valid_until` is exclusive and must be after `valid_from`"),
         );
     }
     ok
@@ -215,8 +305,12 @@ fn contracts(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
         }
         if dates(&c.valid_from, &c.valid_until, "the contract", out) && c.valid_until.value <= at {
             out.push(
-                Diagnostic::warning(codes::CONTRACT_EXPIRED, c.valid_until.span, format!("contract `{}` has expired", c.id.value))
-                    .hint("remove it, or extend `valid_until` if the contract was renewed"),
+                Diagnostic::warning(
+                    codes::CONTRACT_EXPIRED,
+                    c.valid_until.span,
+                    format!("contract `{}` has expired", c.id.value),
+                )
+                .hint("remove it, or extend `valid_until` if the contract was renewed"),
             );
         }
     }
@@ -232,23 +326,42 @@ fn grants(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
         }
         for c in &g.subjects.contracts {
             if !idx.contracts.contains_key(c.value.as_str()) {
-                out.push(unknown(codes::UNKNOWN_CONTRACT, "contract", c, "use a contract id from contracts.yaml"));
+                out.push(unknown(
+                    codes::UNKNOWN_CONTRACT,
+                    "contract",
+                    c,
+                    "use a contract id from contracts.yaml",
+                ));
             }
         }
         match &g.assets {
             AssetSelection::List(ids) => {
                 for id in ids {
                     if !idx.assets.contains_key(id.value.as_str()) {
-                        out.push(unknown(codes::UNKNOWN_ASSET, "asset", id, "use an asset id from assets/"));
+                        out.push(unknown(
+                            codes::UNKNOWN_ASSET,
+                            "asset",
+                            id,
+                            "use an asset id from assets/",
+                        ));
                     }
                 }
             }
-            AssetSelection::Select { owner, max_confidentiality, .. } => {
+            AssetSelection::Select {
+                owner,
+                max_confidentiality,
+                ..
+            } => {
                 if let Some(o) = owner {
                     section_ref(idx, o, out);
                 }
                 if let Some(level_value) = max_confidentiality {
-                    level(idx.scheme.confidentiality_levels(), level_value, "confidentiality", out);
+                    level(
+                        idx.scheme.confidentiality_levels(),
+                        level_value,
+                        "confidentiality",
+                        out,
+                    );
                 }
             }
         }
@@ -258,14 +371,23 @@ fn grants(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
         if let AssetSelection::Select { span, .. } = &g.assets {
             if covered.is_empty() {
                 out.push(
-                    Diagnostic::warning(codes::SELECTOR_EMPTY, *span, format!("the selector of grant `{}` matches no asset", g.id.value))
-                        .hint("check `owner` and `max_confidentiality`"),
+                    Diagnostic::warning(
+                        codes::SELECTOR_EMPTY,
+                        *span,
+                        format!("the selector of grant `{}` matches no asset", g.id.value),
+                    )
+                    .hint("check `owner` and `max_confidentiality`"),
                 );
             }
         }
 
         approver(idx, g, &covered, out);
-        if let Some(u) = g.subjects.users.iter().find(|u| u.value == g.approved_by.value) {
+        if let Some(u) = g
+            .subjects
+            .users
+            .iter()
+            .find(|u| u.value == g.approved_by.value)
+        {
             out.push(
                 Diagnostic::error(codes::APPROVER_IS_GRANTEE, u.span, format!("`{}` approves a grant to themself", u.value))
                     .value(u.value.clone())
@@ -275,20 +397,30 @@ fn grants(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
 
         let mut is_my_number = false;
         for &i in &covered {
-            let Some(a) = bundle.assets.get(i) else { continue };
+            let Some(a) = bundle.assets.get(i) else {
+                continue;
+            };
             let tier = idx.tier(i);
             if tier == Some(Tier::Secret) && !g.subjects.sections.is_empty() {
                 if let Some(first) = g.subjects.sections.first() {
                     out.push(
-                        Diagnostic::error(codes::SECRET_TO_SECTIONS, first.span, format!("secret asset `{}` is granted to whole sections", a.id.value))
-                            .value(a.id.value.clone())
-                            .hint("grant secret (機密性3) assets to named `users` or `contracts` only"),
+                        Diagnostic::error(
+                            codes::SECRET_TO_SECTIONS,
+                            first.span,
+                            format!("secret asset `{}` is granted to whole sections", a.id.value),
+                        )
+                        .value(a.id.value.clone())
+                        .hint("grant secret (機密性3) assets to named `users` or `contracts` only"),
                     );
                 }
             }
             if a.my_number.value {
                 is_my_number = true;
-                for act in g.actions.iter().filter(|x| x.value.leaves_my_number_system()) {
+                for act in g
+                    .actions
+                    .iter()
+                    .filter(|x| x.value.leaves_my_number_system())
+                {
                     out.push(
                         Diagnostic::error(codes::FORBIDDEN_BY_HARD_RULE, act.span, format!("`{}` of my_number asset `{}` is never allowed", act.value, a.id.value))
                             .value(act.value.to_string())
@@ -299,21 +431,39 @@ fn grants(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
             if tier == Some(Tier::Secret) && !g.subjects.contracts.is_empty() {
                 for act in g.actions.iter().filter(|x| x.value.is_output()) {
                     out.push(
-                        Diagnostic::error(codes::FORBIDDEN_BY_HARD_RULE, act.span, format!("contractors may not `{}` secret asset `{}`", act.value, a.id.value))
-                            .value(act.value.to_string())
-                            .hint("output actions on secret assets are never granted to contracts"),
+                        Diagnostic::error(
+                            codes::FORBIDDEN_BY_HARD_RULE,
+                            act.span,
+                            format!(
+                                "contractors may not `{}` secret asset `{}`",
+                                act.value, a.id.value
+                            ),
+                        )
+                        .value(act.value.to_string())
+                        .hint("output actions on secret assets are never granted to contracts"),
                     );
                 }
             }
             for c in &g.subjects.contracts {
-                let Some(contract) = idx.contracts.get(c.value.as_str()).and_then(|&ci| bundle.contracts.get(ci)) else {
+                let Some(contract) = idx
+                    .contracts
+                    .get(c.value.as_str())
+                    .and_then(|&ci| bundle.contracts.get(ci))
+                else {
                     continue;
                 };
                 if !contract.sections.iter().any(|s| s.value == a.owner.value) {
                     out.push(
-                        Diagnostic::error(codes::CONTRACT_SECTION_MISMATCH, c.span, format!("asset `{}` of `{}` is outside contract `{}`", a.id.value, a.owner.value, c.value))
-                            .value(c.value.clone())
-                            .hint("a contract grant covers only assets of the contract's sections"),
+                        Diagnostic::error(
+                            codes::CONTRACT_SECTION_MISMATCH,
+                            c.span,
+                            format!(
+                                "asset `{}` of `{}` is outside contract `{}`",
+                                a.id.value, a.owner.value, c.value
+                            ),
+                        )
+                        .value(c.value.clone())
+                        .hint("a contract grant covers only assets of the contract's sections"),
                     );
                 }
             }
@@ -326,10 +476,16 @@ fn grants(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
         }
         if dates_ok {
             for c in &g.subjects.contracts {
-                let Some(contract) = idx.contracts.get(c.value.as_str()).and_then(|&ci| bundle.contracts.get(ci)) else {
+                let Some(contract) = idx
+                    .contracts
+                    .get(c.value.as_str())
+                    .and_then(|&ci| bundle.contracts.get(ci))
+                else {
                     continue;
                 };
-                if g.valid_from.value < contract.valid_from.value || g.valid_until.value > contract.valid_until.value {
+                if g.valid_from.value < contract.valid_from.value
+                    || g.valid_until.value > contract.valid_until.value
+                {
                     out.push(
                         Diagnostic::error(codes::OUTSIDE_CONTRACT_VALIDITY, c.span, format!("grant `{}` is valid outside contract `{}`", g.id.value, c.value))
                             .value(c.value.clone())
@@ -340,14 +496,24 @@ fn grants(idx: &Index, at: Instant, out: &mut Vec<Diagnostic>) {
             let days = (g.valid_until.value - g.valid_from.value).num_days();
             if days > MAX_GRANT_DAYS {
                 out.push(
-                    Diagnostic::warning(codes::LONG_VALIDITY, g.valid_until.span, format!("grant `{}` is valid for {days} days", g.id.value))
-                        .hint(format!("grants are renewed at least yearly: at most {MAX_GRANT_DAYS} days")),
+                    Diagnostic::warning(
+                        codes::LONG_VALIDITY,
+                        g.valid_until.span,
+                        format!("grant `{}` is valid for {days} days", g.id.value),
+                    )
+                    .hint(format!(
+                        "grants are renewed at least yearly: at most {MAX_GRANT_DAYS} days"
+                    )),
                 );
             }
             if g.valid_until.value <= at {
                 out.push(
-                    Diagnostic::warning(codes::GRANT_EXPIRED, g.valid_until.span, format!("grant `{}` has expired", g.id.value))
-                        .hint("remove it, or renew it with a new approval"),
+                    Diagnostic::warning(
+                        codes::GRANT_EXPIRED,
+                        g.valid_until.span,
+                        format!("grant `{}` has expired", g.id.value),
+                    )
+                    .hint("remove it, or renew it with a new approval"),
                 );
             }
         }
@@ -362,21 +528,32 @@ fn approver(idx: &Index, g: &Grant, covered: &[usize], out: &mut Vec<Diagnostic>
     let ciso_hint = "a grant is approved by the chief (課長) of the section owning every asset it covers, or by the CISO";
     if let AssetSelection::Select { owner: None, .. } = g.assets {
         out.push(
-            Diagnostic::error(codes::APPROVER_NOT_CHIEF, g.approved_by.span, format!("`{approver}` may not approve a selector over all sections"))
-                .value(approver.to_string())
-                .hint("a selector without `owner` spans every section: only the CISO approves it"),
+            Diagnostic::error(
+                codes::APPROVER_NOT_CHIEF,
+                g.approved_by.span,
+                format!("`{approver}` may not approve a selector over all sections"),
+            )
+            .value(approver.to_string())
+            .hint("a selector without `owner` spans every section: only the CISO approves it"),
         );
         return;
     }
     for &i in covered {
-        let Some(a) = idx.bundle.assets.get(i) else { continue };
-        let Some(section) = idx.sections.get(a.owner.value.as_str()) else { continue };
+        let Some(a) = idx.bundle.assets.get(i) else {
+            continue;
+        };
+        let Some(section) = idx.sections.get(a.owner.value.as_str()) else {
+            continue;
+        };
         if section.chief.value != approver {
             out.push(
                 Diagnostic::error(
                     codes::APPROVER_NOT_CHIEF,
                     g.approved_by.span,
-                    format!("`{approver}` is not the chief of `{}`, which owns `{}`", section.id.value, a.id.value),
+                    format!(
+                        "`{approver}` is not the chief of `{}`, which owns `{}`",
+                        section.id.value, a.id.value
+                    ),
                 )
                 .value(approver.to_string())
                 .hint(ciso_hint),
@@ -398,10 +575,19 @@ fn state(idx: &Index, state: &RuntimeState, out: &mut Vec<Diagnostic>) {
         for s in &e.responder_sections {
             section_ref(idx, s, out);
         }
-        if dates(&e.from, &e.until, "the emergency", out) && e.until.value - e.from.value > chrono::Duration::hours(MAX_EMERGENCY_HOURS) {
+        if dates(&e.from, &e.until, "the emergency", out)
+            && e.until.value - e.from.value > chrono::Duration::hours(MAX_EMERGENCY_HOURS)
+        {
             out.push(
-                Diagnostic::error(codes::EMERGENCY_TOO_LONG, e.until.span, format!("emergency `{}` lasts more than {MAX_EMERGENCY_HOURS} hours", e.id.value))
-                    .hint("declare a new emergency when the first one ends"),
+                Diagnostic::error(
+                    codes::EMERGENCY_TOO_LONG,
+                    e.until.span,
+                    format!(
+                        "emergency `{}` lasts more than {MAX_EMERGENCY_HOURS} hours",
+                        e.id.value
+                    ),
+                )
+                .hint("declare a new emergency when the first one ends"),
             );
         }
     }
@@ -412,7 +598,12 @@ fn state(idx: &Index, state: &RuntimeState, out: &mut Vec<Diagnostic>) {
         }
         for s in &l.scope.systems {
             if !idx.systems.contains_key(s.value.as_str()) {
-                out.push(unknown(codes::UNKNOWN_SYSTEM, "system", s, "use a system id from systems.yaml"));
+                out.push(unknown(
+                    codes::UNKNOWN_SYSTEM,
+                    "system",
+                    s,
+                    "use a system id from systems.yaml",
+                ));
             }
         }
         if let Some(until) = &l.until {
@@ -424,7 +615,12 @@ fn state(idx: &Index, state: &RuntimeState, out: &mut Vec<Diagnostic>) {
 fn asset_refs(idx: &Index, ids: &[Spanned<String>], out: &mut Vec<Diagnostic>) {
     for id in ids {
         if !idx.assets.contains_key(id.value.as_str()) {
-            out.push(unknown(codes::UNKNOWN_ASSET, "asset", id, "use an asset id from assets/"));
+            out.push(unknown(
+                codes::UNKNOWN_ASSET,
+                "asset",
+                id,
+                "use an asset id from assets/",
+            ));
         }
     }
 }

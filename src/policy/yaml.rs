@@ -78,7 +78,14 @@ impl Node {
 
 enum Frame {
     Seq(Vec<Node>, Span),
-    Map(Vec<(Key, Node)>, Option<Key>, Span, HashMap<String, Span>),
+    /// Entries, the key waiting for its value (and whether it is a duplicate to drop),
+    /// the start, and the keys seen so far.
+    Map(
+        Vec<(Key, Node)>,
+        Option<(Key, bool)>,
+        Span,
+        HashMap<String, Span>,
+    ),
 }
 
 /// Parses one file into its document node. `None` with diagnostics when it cannot.
@@ -212,8 +219,12 @@ pub fn parse(file_id: FileId, file: &SourceFile, diags: &mut Vec<Diagnostic>) ->
         nodes += 1;
         if nodes > MAX_NODES {
             diags.push(
-                Diagnostic::error(codes::TOO_LARGE, node.span, "too many YAML nodes in one file")
-                    .hint("split the file"),
+                Diagnostic::error(
+                    codes::TOO_LARGE,
+                    node.span,
+                    "too many YAML nodes in one file",
+                )
+                .hint("split the file"),
             );
             return None;
         }
@@ -234,6 +245,7 @@ pub fn parse(file_id: FileId, file: &SourceFile, diags: &mut Vec<Diagnostic>) ->
                         );
                         return None;
                     };
+                    let duplicate = seen.contains_key(&s.text);
                     if let Some(first) = seen.get(&s.text) {
                         let first = *first;
                         diags.push(
@@ -245,19 +257,24 @@ pub fn parse(file_id: FileId, file: &SourceFile, diags: &mut Vec<Diagnostic>) ->
                             .value(s.text.clone())
                             .label("written again here")
                             .hint(format!(
-                                "keep one `{}` in this mapping (first written at byte {} of the file)",
-                                s.text, first.start
+                                "keep one `{}` in this mapping (first written on line {})",
+                                s.text,
+                                file.line_col(first.start).0
                             )),
                         );
                     } else {
                         seen.insert(s.text.clone(), node.span);
                     }
-                    *pending = Some(Key {
-                        text: s.text,
-                        span: node.span,
-                    });
+                    *pending = Some((
+                        Key {
+                            text: s.text,
+                            span: node.span,
+                        },
+                        duplicate,
+                    ));
                 }
-                Some(key) => entries.push((key, node)),
+                Some((key, false)) => entries.push((key, node)),
+                Some((_, true)) => {}
             },
         }
     }
@@ -299,7 +316,9 @@ mod tests {
         };
         let (k, v) = &entries[1];
         assert_eq!(k.text, "b");
-        let NodeKind::Scalar(s) = &v.kind else { panic!() };
+        let NodeKind::Scalar(s) = &v.kind else {
+            panic!()
+        };
         assert_eq!(s.text, "3");
         assert!(!s.plain);
         assert_eq!(v.span.start, 10);
@@ -325,6 +344,18 @@ mod tests {
         let text = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let (n, d) = parse_str(&text);
         assert!(n.is_none());
+        // saphyr's own recursion limit may stop it first; either way a diagnostic.
+        assert!(
+            matches!(d[0].code, codes::TOO_DEEP | codes::SYNTAX),
+            "{:?}",
+            d[0]
+        );
+        let text = format!(
+            "a: {}{}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        let (_, d) = parse_str(&text);
         assert_eq!(d[0].code, codes::TOO_DEEP);
     }
 
