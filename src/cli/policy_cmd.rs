@@ -322,34 +322,6 @@ fn obligation_names(obligations: &[Obligation]) -> Vec<String> {
         .collect()
 }
 
-/// The request a decision test describes; `Err` when its subject could not be a valid token.
-pub fn test_request(t: &TestCase) -> Result<Request, String> {
-    let s = &t.subject;
-    let kind = SubjectKind::parse(s.kind.as_deref()).ok_or_else(|| {
-        format!(
-            "subject kind `{}` makes the token invalid",
-            s.kind.as_deref().unwrap_or("")
-        )
-    })?;
-    Ok(Request {
-        system: t.system.value.clone(),
-        subject: Subject::new(
-            &s.sub,
-            s.section.as_deref(),
-            kind,
-            s.contract.as_deref(),
-            &s.amr,
-        ),
-        asset: t.asset.value.clone(),
-        action: t.action.value,
-        env: Env {
-            device_issued: t.env.device_issued,
-            purpose: t.env.purpose.clone(),
-            break_glass_reason: t.env.break_glass_reason.clone(),
-        },
-    })
-}
-
 /// Compares a decision with a test's expectations; the list of mismatches.
 pub fn mismatches(t: &TestCase, d: &Decision) -> Vec<String> {
     let mut out = Vec::new();
@@ -427,7 +399,7 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
             continue;
         };
         let loc = loaded.bundle.sources.location(t.span);
-        let problems = match test_request(t) {
+        let problems = match Request::from_test_case(t) {
             Ok(req) => {
                 let d = snap.decide(&req);
                 cases.push(serde_json::json!({

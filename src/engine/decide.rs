@@ -115,6 +115,37 @@ pub struct Request {
     pub env: Env,
 }
 
+impl Request {
+    /// The request a decision test describes; `Err` when its subject could not hold a
+    /// valid token (an unknown `kind`).
+    pub fn from_test_case(t: &crate::policy::model::TestCase) -> Result<Request, String> {
+        let s = &t.subject;
+        let kind = SubjectKind::parse(s.kind.as_deref()).ok_or_else(|| {
+            format!(
+                "subject kind `{}` makes the token invalid",
+                s.kind.as_deref().unwrap_or("")
+            )
+        })?;
+        Ok(Request {
+            system: t.system.value.clone(),
+            subject: Subject::new(
+                &s.sub,
+                s.section.as_deref(),
+                kind,
+                s.contract.as_deref(),
+                &s.amr,
+            ),
+            asset: t.asset.value.clone(),
+            action: t.action.value,
+            env: Env {
+                device_issued: t.env.device_issued,
+                purpose: t.env.purpose.clone(),
+                break_glass_reason: t.env.break_glass_reason.clone(),
+            },
+        })
+    }
+}
+
 /// The reason of a decision. The order of the variants is the order of the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]

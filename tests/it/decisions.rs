@@ -17,24 +17,7 @@ fn the_sample_city_is_valid_and_its_tests_cover_every_reason() {
     let mut seen_obligations = std::collections::BTreeSet::new();
     for t in tests {
         let snap = Snapshot::compile(&loaded, t.at.unwrap(), &t.state).unwrap();
-        let s = &t.subject;
-        let req = Request {
-            system: t.system.value.clone(),
-            subject: Subject::new(
-                &s.sub,
-                s.section.as_deref(),
-                SubjectKind::parse(s.kind.as_deref()).unwrap(),
-                s.contract.as_deref(),
-                &s.amr,
-            ),
-            asset: t.asset.value.clone(),
-            action: t.action.value,
-            env: Env {
-                device_issued: t.env.device_issued,
-                purpose: t.env.purpose.clone(),
-                break_glass_reason: t.env.break_glass_reason.clone(),
-            },
-        };
+        let req = Request::from_test_case(t).unwrap();
         let d = snap.decide(&req);
         assert_eq!(d.allow, t.expect_allow.value, "{}: {:?}", t.name, d.reason);
         if let Some(r) = &t.reason {
