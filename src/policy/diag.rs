@@ -78,22 +78,25 @@ pub enum Format {
     Json,
 }
 
-/// Most diagnostics kept per bundle: a 10 MB file of nonsense must not produce a
-/// gigabyte of output. The overflow is counted and reported.
+/// Most errors, and separately most warnings, kept per bundle: a 10 MB file of nonsense
+/// must not produce a gigabyte of output. The overflow is counted and reported.
 pub const MAX_DIAGNOSTICS: usize = 1000;
 
 /// A sorted, de-duplicated set of diagnostics.
 #[derive(Debug, Default)]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
-    dropped: usize,
+    kept: [usize; 2],
+    dropped: [usize; 2],
 }
 
 impl Diagnostics {
     pub fn push(&mut self, d: Diagnostic) {
-        if self.items.len() >= MAX_DIAGNOSTICS {
-            self.dropped += 1;
+        let i = d.severity as usize;
+        if self.kept[i] >= MAX_DIAGNOSTICS {
+            self.dropped[i] += 1;
         } else {
+            self.kept[i] += 1;
             self.items.push(d);
         }
     }
@@ -105,7 +108,8 @@ impl Diagnostics {
     }
 
     pub fn has_errors(&self) -> bool {
-        self.items.iter().any(|d| d.severity == Severity::Error) || self.dropped > 0
+        self.items.iter().any(|d| d.severity == Severity::Error)
+            || self.dropped[Severity::Error as usize] > 0
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
@@ -124,7 +128,7 @@ impl Diagnostics {
 
     /// How many were left out past [`MAX_DIAGNOSTICS`].
     pub fn dropped(&self) -> usize {
-        self.dropped
+        self.dropped.iter().sum()
     }
 
     /// Sorts by file path, line, column, then severity and code; removes exact duplicates.
@@ -174,8 +178,12 @@ impl Diagnostics {
             plural(errors),
             plural(warnings)
         );
-        if self.dropped > 0 {
-            let _ = write!(s, " ({} more not shown: fix these first)", self.dropped);
+        let [errors_dropped, warnings_dropped] = self.dropped;
+        if errors_dropped + warnings_dropped > 0 {
+            let _ = write!(
+                s,
+                " shown; {errors_dropped} more errors and {warnings_dropped} more warnings not shown: fix these first"
+            );
         }
         s
     }
@@ -219,7 +227,7 @@ impl Diagnostics {
         let out = JsonOut {
             errors: self.errors().count(),
             warnings: self.warnings().count(),
-            not_shown: self.dropped,
+            not_shown: self.dropped(),
             diagnostics,
         };
         let mut text = serde_json::to_string_pretty(&out).unwrap_or_else(|_| String::from("{}"));
