@@ -5,8 +5,14 @@
 //! `engine` is the only module that names Casbin: it compiles a bundle at a point in time,
 //! with the runtime state, into a snapshot and decides requests against it.
 
+pub mod app;
+pub mod auth;
 pub mod cli;
+pub mod config;
+pub mod devpki;
 pub mod engine;
 pub mod generate;
+pub mod pdp;
 pub mod policy;
+pub mod server;
 pub mod time;

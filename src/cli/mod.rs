@@ -5,6 +5,7 @@
 //! verification failed, 5 check denied.
 
 mod policy_cmd;
+mod service_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,6 +34,10 @@ enum Command {
     /// Check, test, compile and explain a policy bundle (offline).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Run the decision service (gRPC over mutual TLS).
+    Serve(service_cmd::ServeArgs),
+    /// Ask a running sekimori for one decision and print it (exit 5 on deny).
+    Check(service_cmd::CheckArgs),
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -42,6 +47,10 @@ enum Command {
 enum DevCommand {
     /// Generate a city-scale bundle for benchmarks and load tests.
     Generate(crate::generate::GenerateArgs),
+    /// Create the development CA, certificates and token key (`serve --dev` does this too).
+    Init(service_cmd::DevInitArgs),
+    /// Mint a development subject token signed with the development key.
+    Token(service_cmd::DevTokenArgs),
 }
 
 /// Parses arguments, runs the command, maps the outcome to an exit code.
@@ -55,7 +64,11 @@ pub fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Serve(args) => service_cmd::run_serve(&args),
+        Command::Check(args) => service_cmd::run_check(&args),
         Command::Dev(DevCommand::Generate(args)) => crate::generate::run(&args).map(|()| EXIT_OK),
+        Command::Dev(DevCommand::Init(args)) => service_cmd::run_dev_init(&args),
+        Command::Dev(DevCommand::Token(args)) => service_cmd::run_dev_token(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

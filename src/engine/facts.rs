@@ -111,6 +111,10 @@ pub struct Facts {
     /// The next instant after `at` when a grant, contract, emergency or lockdown starts or
     /// ends: the snapshot must be rebuilt then.
     pub next_change: Option<Instant>,
+    /// Client certificate identity (URI or DNS SAN) → system id.
+    pub systems_by_identity: HashMap<String, String>,
+    /// System id → the assets it holds, in register order (for ListAccessible).
+    pub assets_by_system: HashMap<String, Vec<u32>>,
     pub counts: Counts,
 }
 
@@ -303,6 +307,21 @@ impl Facts {
             });
         }
 
+        for s in &bundle.systems {
+            facts
+                .systems_by_identity
+                .entry(s.identity.value.clone())
+                .or_insert_with(|| s.id.value.clone());
+        }
+        for (ai, a) in facts.assets.iter().enumerate() {
+            for h in &a.holders {
+                facts
+                    .assets_by_system
+                    .entry(h.clone())
+                    .or_default()
+                    .push(u32::try_from(ai).unwrap_or(u32::MAX));
+            }
+        }
         facts.next_change = changes.into_iter().filter(|t| *t > at).min();
         facts.counts = Counts {
             sections: idx.sections.len(),

@@ -4,4 +4,5 @@
 mod bad_input;
 mod decisions;
 mod diagnostics;
+mod service;
 mod support;

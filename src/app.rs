@@ -1,0 +1,154 @@
+//! Composition root: build every part from the config, serve, shut down in order.
+//!
+//! Start-up order: load and validate the policy; check the token keys and TLS material
+//! (each error names its file); bind; serve until a signal. A snapshot is compiled for
+//! "now" and compiled again exactly when a grant, contract, emergency or lockdown starts
+//! or ends, so decisions follow time without a restart.
+
+use crate::auth::token::{JwksError, TokenVerifier};
+use crate::config::Config;
+use crate::engine::{CompileError, Snapshot};
+use crate::pdp::{DecisionLog, MemoryLog, Pdp};
+use crate::policy::Loaded;
+use crate::policy::model::RuntimeState;
+use crate::server::{StartError, TlsMaterial};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("the policy in `{dir}` is invalid ({summary}); run `sekimori policy check {dir}`")]
+    Policy { dir: String, summary: String },
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Everything the service needs, built and checked, not yet listening.
+pub struct App {
+    pub config: Config,
+    pub pdp: Arc<Pdp>,
+    pub tokens: Arc<TokenVerifier>,
+    pub tls: TlsMaterial,
+    pub log: Arc<MemoryLog>,
+    loaded: Arc<Loaded>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Loads the policy, keys and TLS material named by `config`.
+    pub fn build(config: Config) -> Result<App, AppError> {
+        let loaded = crate::policy::load(&config.policy_dir, chrono::Utc::now());
+        if !loaded.is_valid() {
+            return Err(AppError::Policy {
+                dir: config.policy_dir.display().to_string(),
+                summary: loaded.diagnostics.summary(),
+            });
+        }
+        let tokens = Arc::new(TokenVerifier::from_config(&config.tokens)?);
+        let tls = TlsMaterial::load(&config.tls)?;
+        let log = Arc::new(MemoryLog::default());
+        let pdp = Arc::new(Pdp::new(log.clone() as Arc<dyn DecisionLog>));
+        let snapshot = Snapshot::compile(&loaded, chrono::Utc::now(), &RuntimeState::default())?;
+        pdp.install(snapshot);
+        Ok(App {
+            config,
+            pdp,
+            tokens,
+            tls,
+            log,
+            loaded: Arc::new(loaded),
+        })
+    }
+
+    /// Binds the configured address.
+    pub async fn bind(&self) -> Result<tokio::net::TcpListener, StartError> {
+        tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: self.config.listen,
+                source,
+            })
+    }
+
+    /// Serves on `listener` until `shutdown`; recompiles the snapshot when time windows
+    /// open or close.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let refresher = tokio::spawn(refresh_at_windows(self.pdp.clone(), self.loaded.clone()));
+        let result = crate::server::serve(
+            &self.config,
+            &self.tls,
+            self.pdp.clone(),
+            self.tokens.clone(),
+            listener,
+            shutdown,
+        )
+        .await;
+        refresher.abort();
+        Ok(result?)
+    }
+}
+
+/// Longest wait between recompilations even without a window change (guards against a
+/// wall clock that jumped).
+const MAX_SNAPSHOT_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+async fn refresh_at_windows(pdp: Arc<Pdp>, loaded: Arc<Loaded>) {
+    loop {
+        let next = pdp.snapshot().and_then(|s| s.facts().next_change);
+        let wait = next
+            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+            .map_or(MAX_SNAPSHOT_AGE, |d| d.min(MAX_SNAPSHOT_AGE));
+        tokio::time::sleep(wait + std::time::Duration::from_millis(1)).await;
+        let loaded = loaded.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            Snapshot::compile(&loaded, chrono::Utc::now(), &RuntimeState::default())
+        })
+        .await;
+        match compiled {
+            Ok(Ok(snapshot)) => pdp.install(snapshot),
+            // Keep serving the last good snapshot; try again after the next wait.
+            Ok(Err(e)) => eprintln!(
+                "sekimori: recompiling the policy failed, keeping the last good version: {e}"
+            ),
+            Err(_) => {
+                eprintln!("sekimori: recompiling the policy failed, keeping the last good version")
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,325 @@
+//! The service configuration: a TOML file → a validated [`Config`].
+//!
+//! Unknown keys are errors; every problem is reported at once with its key path; paths
+//! are relative to the config file; durations are humane (`"30s"`, `"500ms"`, `"2m"`).
+//! Nothing is opened or bound here: start-up checks files later and says which one failed.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}`: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    policy_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    shutdown_grace: Option<String>,
+    tls: RawTls,
+    tokens: RawTokens,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokens {
+    jwks_file: PathBuf,
+    issuer: String,
+    audience: String,
+    leeway: Option<String>,
+    max_bytes: Option<usize>,
+    #[serde(default)]
+    claims: ClaimNames,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    max_concurrent_requests: Option<usize>,
+    request_timeout: Option<String>,
+}
+
+/// Claim names in subject tokens (SPEC §5 defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimNames {
+    pub sub: String,
+    pub section: String,
+    pub kind: String,
+    pub contract: String,
+    pub roles: String,
+    pub amr: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            sub: "sub".into(),
+            section: "section".into(),
+            kind: "kind".into(),
+            contract: "contract".into(),
+            roles: "roles".into(),
+            amr: "amr".into(),
+        }
+    }
+}
+
+/// TLS material: the server's certificate and key, and the CA client certificates must
+/// chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    pub jwks_file: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway: Duration,
+    pub max_bytes: usize,
+    pub claims: ClaimNames,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_batch: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_batch: 1000,
+            max_concurrent_requests: 1024,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub policy_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub shutdown_grace: Duration,
+    pub tls: TlsFiles,
+    pub tokens: TokenConfig,
+    pub limits: Limits,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+/// Largest batch the API accepts (SPEC §9).
+pub const MAX_BATCH: usize = 1000;
+
+/// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; every problem is listed in one error.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut problems = Vec::new();
+        let rel = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut duration = |key: &str, v: Option<&String>, default: Duration| match v {
+            None => default,
+            Some(t) => parse_duration(t).unwrap_or_else(|| {
+                problems.push(format!(
+                    "`{key}`: `{t}` is not a duration (e.g. \"500ms\", \"30s\", \"2m\")"
+                ));
+                default
+            }),
+        };
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            raw.shutdown_grace.as_ref(),
+            Duration::from_secs(10),
+        );
+        let leeway = duration(
+            "tokens.leeway",
+            raw.tokens.leeway.as_ref(),
+            Duration::from_secs(30),
+        );
+        let defaults = Limits::default();
+        let request_timeout = duration(
+            "limits.request_timeout",
+            raw.limits.request_timeout.as_ref(),
+            defaults.request_timeout,
+        );
+        let listen_text = raw
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            problems.push(format!(
+                "`listen`: `{listen_text}` is not an address like 127.0.0.1:7443"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 7443))
+        });
+        let max_batch = raw.limits.max_batch.unwrap_or(MAX_BATCH);
+        if max_batch == 0 || max_batch > MAX_BATCH {
+            problems.push(format!(
+                "`limits.max_batch`: {max_batch} is outside 1..={MAX_BATCH}"
+            ));
+        }
+        let max_bytes = raw.tokens.max_bytes.unwrap_or(16 * 1024);
+        if !(256..=1024 * 1024).contains(&max_bytes) {
+            problems.push(format!(
+                "`tokens.max_bytes`: {max_bytes} is outside 256..=1048576"
+            ));
+        }
+        if raw.tokens.issuer.trim().is_empty() {
+            problems.push(String::from("`tokens.issuer` is empty"));
+        }
+        if raw.tokens.audience.trim().is_empty() {
+            problems.push(String::from("`tokens.audience` is empty"));
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Config {
+            listen,
+            policy_dir: rel(&raw.policy_dir.unwrap_or_else(|| PathBuf::from("policies"))),
+            data_dir: rel(&raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            shutdown_grace,
+            tls: TlsFiles {
+                cert: rel(&raw.tls.cert),
+                key: rel(&raw.tls.key),
+                client_ca: rel(&raw.tls.client_ca),
+            },
+            tokens: TokenConfig {
+                jwks_file: rel(&raw.tokens.jwks_file),
+                issuer: raw.tokens.issuer,
+                audience: raw.tokens.audience,
+                leeway,
+                max_bytes,
+                claims: raw.tokens.claims,
+            },
+            limits: Limits {
+                max_message_bytes: raw
+                    .limits
+                    .max_message_bytes
+                    .unwrap_or(defaults.max_message_bytes),
+                max_batch,
+                max_concurrent_requests: raw
+                    .limits
+                    .max_concurrent_requests
+                    .unwrap_or(defaults.max_concurrent_requests)
+                    .max(1),
+                request_timeout,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[tls]
+cert = "tls/server.pem"
+key = "tls/server.key"
+client_ca = "tls/ca.pem"
+[tokens]
+jwks_file = "jwks.json"
+issuer = "https://idp.koganei.city"
+audience = "sekimori"
+"#;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = Config::parse(MINIMAL, Path::new("/etc/sekimori")).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/sekimori/tls/server.pem"));
+        assert_eq!(c.tokens.leeway, Duration::from_secs(30));
+        assert_eq!(c.limits.max_batch, 1000);
+        assert_eq!(c.tokens.claims, ClaimNames::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::parse(&format!("lisen = \"x\"\n{MINIMAL}"), Path::new(".")).unwrap_err();
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = format!(
+            "listen = \"nowhere\"\nshutdown_grace = \"soon\"\n{MINIMAL}\n[limits]\nmax_batch = 5000\n"
+        );
+        let e = Config::parse(&text, Path::new(".")).unwrap_err();
+        for key in ["`listen`", "`shutdown_grace`", "`limits.max_batch`"] {
+            assert!(e.contains(key), "{key} missing in: {e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("2 days"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}

@@ -1,0 +1,486 @@
+//! The gRPC edge: TLS with required client certificates, the Access service, health and
+//! reflection, graceful shutdown. Errors become `tonic::Status` in one place
+//! ([`status_of`]); messages to clients are short and never carry internals.
+
+pub mod proto;
+
+use crate::auth::certificate_identities;
+use crate::auth::token::TokenVerifier;
+use crate::config::{Config, Limits};
+use crate::engine::decide::{Decision, Obligation};
+use crate::engine::{Env, Subject};
+use crate::pdp::{Answer, Pdp, PdpError, Question};
+use crate::policy::decode::is_valid_id;
+use crate::policy::model::Action;
+use base64::Engine as _;
+use proto::access_server::{Access, AccessServer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+/// Why the service could not start. Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read {what} `{path}`: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} `{path}` is invalid: {why}")]
+    Invalid {
+        what: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("the server failed: {0}")]
+    Serve(String),
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
+    std::fs::read(path).map_err(|source| StartError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// TLS material, checked: the certificate chain and key parse, the CA parses.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Vec<u8>,
+}
+
+impl TlsMaterial {
+    pub fn load(files: &crate::config::TlsFiles) -> Result<Self, StartError> {
+        let cert_pem = read("server certificate", &files.cert)?;
+        let key_pem = read("server key", &files.key)?;
+        let client_ca_pem = read("client CA", &files.client_ca)?;
+        let certs = |what, path: &Path, pem: &[u8]| -> Result<(), StartError> {
+            let parsed: Result<Vec<CertificateDer>, _> =
+                CertificateDer::pem_slice_iter(pem).collect();
+            match parsed {
+                Ok(v) if !v.is_empty() => Ok(()),
+                Ok(_) => Err(StartError::Invalid {
+                    what,
+                    path: path.to_path_buf(),
+                    why: String::from("no PEM CERTIFICATE block"),
+                }),
+                Err(e) => Err(StartError::Invalid {
+                    what,
+                    path: path.to_path_buf(),
+                    why: format!("not PEM: {e}"),
+                }),
+            }
+        };
+        certs("server certificate", &files.cert, &cert_pem)?;
+        certs("client CA", &files.client_ca, &client_ca_pem)?;
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| StartError::Invalid {
+            what: "server key",
+            path: files.key.clone(),
+            why: format!("no private key: {e}"),
+        })?;
+        Ok(TlsMaterial {
+            cert_pem,
+            key_pem,
+            client_ca_pem,
+        })
+    }
+
+    fn server_config(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
+            .client_auth_optional(false)
+    }
+}
+
+/// The one mapping from failures to gRPC status.
+pub fn status_of(e: &PdpError) -> Status {
+    match e {
+        PdpError::NoPolicy => {
+            Status::unavailable("no valid policy is loaded; access must be refused")
+        }
+        PdpError::LogUnavailable => {
+            Status::unavailable("the decision could not be recorded; access must be refused")
+        }
+    }
+}
+
+/// The Access service.
+pub struct AccessService {
+    pdp: Arc<Pdp>,
+    tokens: Arc<TokenVerifier>,
+    limits: Limits,
+    inflight: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for AccessService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessService").finish_non_exhaustive()
+    }
+}
+
+const MAX_ASSET_BYTES: usize = 128;
+const MAX_PURPOSE_BYTES: usize = 256;
+const MAX_REASON_BYTES: usize = 1024;
+const MAX_REQUEST_ID_BYTES: usize = 128;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+fn bad(field: &str, why: &str) -> Status {
+    Status::invalid_argument(format!("`{field}` {why}"))
+}
+
+fn printable(text: &str) -> bool {
+    !text
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+}
+
+fn action_of(text: &str) -> Result<Action, Status> {
+    Action::parse(text).ok_or_else(|| {
+        bad(
+            "action",
+            "must be one of read, create, update, delete, print, copy, export, transmit",
+        )
+    })
+}
+
+fn asset_of(text: &str) -> Result<String, Status> {
+    if text.is_empty() || text.len() > MAX_ASSET_BYTES || !is_valid_id(text) {
+        return Err(bad(
+            "asset",
+            "must be an asset id ([a-z0-9][a-z0-9._-]*, at most 128 bytes)",
+        ));
+    }
+    Ok(text.to_string())
+}
+
+fn env_of(env: Option<proto::Environment>) -> Result<Env, Status> {
+    let env = env.unwrap_or_default();
+    if env.purpose.len() > MAX_PURPOSE_BYTES || !printable(&env.purpose) {
+        return Err(bad(
+            "env.purpose",
+            "must be printable text of at most 256 bytes",
+        ));
+    }
+    if env.break_glass_reason.len() > MAX_REASON_BYTES || !printable(&env.break_glass_reason) {
+        return Err(bad(
+            "env.break_glass_reason",
+            "must be printable text of at most 1024 bytes",
+        ));
+    }
+    let non_blank = |s: String| (!s.trim().is_empty()).then_some(s);
+    Ok(Env {
+        device_issued: env.device_issued,
+        purpose: non_blank(env.purpose),
+        break_glass_reason: non_blank(env.break_glass_reason),
+    })
+}
+
+fn request_id_of(text: String) -> Result<Option<String>, Status> {
+    if text.len() > MAX_REQUEST_ID_BYTES || !text.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(bad(
+            "request_id",
+            "must be printable ASCII of at most 128 bytes",
+        ));
+    }
+    Ok((!text.is_empty()).then_some(text))
+}
+
+fn decision_to_proto(a: Answer) -> proto::Decision {
+    let Answer {
+        decision_id,
+        decision,
+    } = a;
+    let Decision {
+        allow,
+        reason,
+        message_ja,
+        message_en,
+        rule,
+        obligations,
+        label,
+        policy_version,
+        ..
+    } = decision;
+    proto::Decision {
+        allow,
+        reason: reason.as_str().to_string(),
+        message_ja,
+        message_en,
+        rule: rule.map(|r| proto::Rule {
+            kind: r.kind.to_string(),
+            id: r.id.to_string(),
+            source: r.source.map(|l| l.to_string()).unwrap_or_default(),
+        }),
+        obligations: obligations.into_iter().map(obligation_to_proto).collect(),
+        label: label.unwrap_or_default(),
+        policy_version: policy_version.to_string(),
+        decision_id,
+    }
+}
+
+fn obligation_to_proto(o: Obligation) -> proto::Obligation {
+    let kind = o.name().to_string();
+    let text = match o {
+        Obligation::Label { text } => text,
+        _ => String::new(),
+    };
+    proto::Obligation { kind, text }
+}
+
+impl AccessService {
+    pub fn new(pdp: Arc<Pdp>, tokens: Arc<TokenVerifier>, limits: Limits) -> Self {
+        let inflight = Arc::new(Semaphore::new(limits.max_concurrent_requests));
+        AccessService {
+            pdp,
+            tokens,
+            limits,
+            inflight,
+        }
+    }
+
+    /// The registered system named by the peer certificate.
+    fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let identities = certificate_identities(leaf.as_ref());
+        match self.pdp.system_for(&identities) {
+            Ok(Some(system)) => Ok(system),
+            Ok(None) => Err(Status::permission_denied(
+                "the client certificate names no registered system",
+            )),
+            Err(e) => Err(status_of(&e)),
+        }
+    }
+
+    fn subject(&self, token: &str) -> Result<Subject, Status> {
+        self.tokens
+            .verify(token)
+            .map(|v| v.subject)
+            .map_err(|_| Status::unauthenticated("the subject token is missing or invalid"))
+    }
+
+    fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Status::resource_exhausted("the server is busy; retry later"))
+    }
+}
+
+#[tonic::async_trait]
+impl Access for AccessService {
+    async fn check(
+        &self,
+        req: Request<proto::CheckRequest>,
+    ) -> Result<Response<proto::CheckResponse>, Status> {
+        let _permit = self.permit()?;
+        let system = self.caller(&req)?;
+        let r = req.into_inner();
+        let subject = self.subject(&r.subject_token)?;
+        let q = Question {
+            asset: asset_of(&r.asset)?,
+            action: action_of(&r.action)?,
+            env: env_of(r.env)?,
+            request_id: request_id_of(r.request_id)?,
+        };
+        let mut answers = self
+            .pdp
+            .check(&system, &subject, std::slice::from_ref(&q))
+            .await
+            .map_err(|e| status_of(&e))?;
+        let answer = answers
+            .pop()
+            .ok_or_else(|| Status::internal("no decision"))?;
+        Ok(Response::new(proto::CheckResponse {
+            decision: Some(decision_to_proto(answer)),
+        }))
+    }
+
+    async fn batch_check(
+        &self,
+        req: Request<proto::BatchCheckRequest>,
+    ) -> Result<Response<proto::BatchCheckResponse>, Status> {
+        let _permit = self.permit()?;
+        let system = self.caller(&req)?;
+        let r = req.into_inner();
+        let subject = self.subject(&r.subject_token)?;
+        if r.checks.is_empty() || r.checks.len() > self.limits.max_batch {
+            return Err(bad(
+                "checks",
+                &format!("must hold 1 to {} checks", self.limits.max_batch),
+            ));
+        }
+        let mut questions = Vec::with_capacity(r.checks.len());
+        for c in r.checks {
+            questions.push(Question {
+                asset: asset_of(&c.asset)?,
+                action: action_of(&c.action)?,
+                env: env_of(c.env)?,
+                request_id: request_id_of(c.request_id)?,
+            });
+        }
+        let answers = self
+            .pdp
+            .check(&system, &subject, &questions)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::BatchCheckResponse {
+            decisions: answers.into_iter().map(decision_to_proto).collect(),
+        }))
+    }
+
+    async fn list_accessible(
+        &self,
+        req: Request<proto::ListAccessibleRequest>,
+    ) -> Result<Response<proto::ListAccessibleResponse>, Status> {
+        let _permit = self.permit()?;
+        let system = self.caller(&req)?;
+        let r = req.into_inner();
+        let subject = self.subject(&r.subject_token)?;
+        let action = action_of(&r.action)?;
+        let env = env_of(r.env)?;
+        let page_size = match r.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n if n <= MAX_PAGE => n,
+            _ => return Err(bad("page_size", "must be at most 1000")),
+        };
+        let start = decode_page_token(&r.page_token)?;
+        let page = self
+            .pdp
+            .list_accessible(&system, &subject, action, &env, start, page_size)
+            .await
+            .map_err(|e| status_of(&e))?;
+        Ok(Response::new(proto::ListAccessibleResponse {
+            assets: page
+                .assets
+                .into_iter()
+                .map(|(asset, name, answer)| proto::AccessibleAsset {
+                    asset,
+                    name: name.unwrap_or_default(),
+                    label: answer.decision.label.clone().unwrap_or_default(),
+                    reason: answer.decision.reason.as_str().to_string(),
+                    obligations: answer
+                        .decision
+                        .obligations
+                        .into_iter()
+                        .map(obligation_to_proto)
+                        .collect(),
+                })
+                .collect(),
+            next_page_token: page.next.map(encode_page_token).unwrap_or_default(),
+            policy_version: page.policy_version.to_string(),
+        }))
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "sekimori-page-v1:";
+
+fn encode_page_token(pos: usize) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{pos}"))
+}
+
+fn decode_page_token(token: &str) -> Result<usize, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    let invalid = || bad("page_token", "is not a token this service issued");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.as_bytes())
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    text.strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(invalid)
+}
+
+/// Builds the server and serves on `listener` until `shutdown` resolves; then reports
+/// NOT_SERVING, stops accepting and lets requests in flight finish within the grace period.
+pub async fn serve(
+    cfg: &Config,
+    tls: &TlsMaterial,
+    pdp: Arc<Pdp>,
+    tokens: Arc<TokenVerifier>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Serve(e.to_string()))?;
+    let service = AccessService::new(pdp.clone(), tokens, cfg.limits.clone());
+    let access = AccessServer::new(service)
+        .max_decoding_message_size(cfg.limits.max_message_bytes)
+        .max_encoding_message_size(cfg.limits.max_message_bytes.max(16 * 1024 * 1024));
+    if pdp.snapshot().is_some() {
+        health.set_serving::<AccessServer<AccessService>>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+    } else {
+        health
+            .set_not_serving::<AccessServer<AccessService>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = health.clone();
+    let signal = async move {
+        shutdown.await;
+        draining
+            .set_not_serving::<AccessServer<AccessService>>()
+            .await;
+        draining
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(());
+    };
+    let server = Server::builder()
+        .tls_config(tls.server_config())
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .timeout(cfg.limits.request_timeout)
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(access)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            signal,
+        );
+    let grace = cfg.shutdown_grace;
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(|e| StartError::Serve(e.to_string())),
+        _ = async { let _ = stop_rx.await; tokio::time::sleep(grace).await; } => {
+            // The grace period is over: connections still open are dropped.
+            Ok(())
+        }
+    }
+}
