@@ -5,10 +5,13 @@
 //! "now" and compiled again exactly when a grant, contract, emergency or lockdown starts
 //! or ends, so decisions follow time without a restart.
 
+use crate::audit::checkpoint::Signer;
+use crate::audit::record::RecordKind;
+use crate::audit::writer::{CheckpointPolicy, LogWriter, lifecycle};
 use crate::auth::token::{JwksError, TokenVerifier};
 use crate::config::Config;
 use crate::engine::{CompileError, Snapshot};
-use crate::pdp::{DecisionLog, MemoryLog, Pdp};
+use crate::pdp::{DecisionLog, Pdp};
 use crate::policy::Loaded;
 use crate::policy::model::RuntimeState;
 use crate::server::{StartError, TlsMaterial};
@@ -24,6 +27,22 @@ pub enum AppError {
     Jwks(#[from] JwksError),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error("cannot read the checkpoint key `{path}`: {source}")]
+    CheckpointKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] crate::audit::checkpoint::KeyError),
+    #[error("cannot open the decision log `{path}`: {source}")]
+    Log {
+        path: String,
+        #[source]
+        source: crate::audit::store::StoreError,
+    },
+    #[error("the decision log cannot commit; refusing to serve without it")]
+    LogUnavailable,
 }
 
 /// Everything the service needs, built and checked, not yet listening.
@@ -32,7 +51,7 @@ pub struct App {
     pub pdp: Arc<Pdp>,
     pub tokens: Arc<TokenVerifier>,
     pub tls: TlsMaterial,
-    pub log: Arc<MemoryLog>,
+    pub log: LogWriter,
     loaded: Arc<Loaded>,
 }
 
@@ -56,8 +75,32 @@ impl App {
         }
         let tokens = Arc::new(TokenVerifier::from_config(&config.tokens)?);
         let tls = TlsMaterial::load(&config.tls)?;
-        let log = Arc::new(MemoryLog::default());
-        let pdp = Arc::new(Pdp::new(log.clone() as Arc<dyn DecisionLog>));
+        let key_path = config.log.checkpoint_key.display().to_string();
+        let key_pem = std::fs::read_to_string(&config.log.checkpoint_key).map_err(|source| {
+            AppError::CheckpointKey {
+                path: key_path.clone(),
+                source,
+            }
+        })?;
+        let signer = Signer::from_pem(&key_pem, &key_path)?;
+        let log_path = config.log.path.display().to_string();
+        if let Some(dir) = config.log.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| AppError::Log {
+                path: log_path.clone(),
+                source: crate::audit::store::StoreError::Corrupt(e.to_string()),
+            })?;
+        }
+        let policy = CheckpointPolicy {
+            every_records: config.log.checkpoint_every,
+            every: config.log.checkpoint_interval,
+        };
+        let log = LogWriter::start(&config.log.path, Some(signer), policy).map_err(|source| {
+            AppError::Log {
+                path: log_path,
+                source,
+            }
+        })?;
+        let pdp = Arc::new(Pdp::new(Arc::new(log.clone()) as Arc<dyn DecisionLog>));
         let snapshot = Snapshot::compile(&loaded, chrono::Utc::now(), &RuntimeState::default())?;
         pdp.install(snapshot);
         Ok(App {
@@ -87,17 +130,39 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
+        let version = self
+            .pdp
+            .snapshot()
+            .map(|s| s.version().to_string())
+            .unwrap_or_default();
+        let mut start = lifecycle(
+            RecordKind::Start,
+            &format!(
+                "sekimori {} started; policy {version}",
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
+        start.policy_version = Some(version.clone());
+        self.pdp
+            .record_event(start)
+            .await
+            .map_err(|_| AppError::LogUnavailable)?;
         let refresher = tokio::spawn(refresh_at_windows(self.pdp.clone(), self.loaded.clone()));
         let result = crate::server::serve(
             &self.config,
             &self.tls,
             self.pdp.clone(),
             self.tokens.clone(),
+            Some(self.log.healthy()),
             listener,
             shutdown,
         )
         .await;
         refresher.abort();
+        let mut stop = lifecycle(RecordKind::Stop, "sekimori stopped");
+        stop.policy_version = Some(version);
+        // A stop that cannot be recorded shows in verification as a start without a stop.
+        let _ = self.pdp.record_event(stop).await;
         Ok(result?)
     }
 }

@@ -30,8 +30,18 @@ struct RawConfig {
     shutdown_grace: Option<String>,
     tls: RawTls,
     tokens: RawTokens,
+    log: RawLog,
     #[serde(default)]
     limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    path: Option<PathBuf>,
+    checkpoint_key: PathBuf,
+    checkpoint_every: Option<u64>,
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +136,16 @@ impl Default for Limits {
     }
 }
 
+/// The decision log: where, and the key that signs its checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub path: PathBuf,
+    /// Ed25519 private key (PKCS#8 PEM).
+    pub checkpoint_key: PathBuf,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -135,6 +155,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub tls: TlsFiles,
     pub tokens: TokenConfig,
+    pub log: LogConfig,
     pub limits: Limits,
 }
 
@@ -207,6 +228,11 @@ impl Config {
             raw.limits.request_timeout.as_ref(),
             defaults.request_timeout,
         );
+        let checkpoint_interval = duration(
+            "log.checkpoint_interval",
+            raw.log.checkpoint_interval.as_ref(),
+            Duration::from_secs(60),
+        );
         let listen_text = raw
             .listen
             .clone()
@@ -238,10 +264,20 @@ impl Config {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
+        let data_dir = rel(&raw.data_dir.unwrap_or_else(|| PathBuf::from("data")));
         Ok(Config {
             listen,
             policy_dir: rel(&raw.policy_dir.unwrap_or_else(|| PathBuf::from("policies"))),
-            data_dir: rel(&raw.data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            log: LogConfig {
+                path: raw
+                    .log
+                    .path
+                    .map_or_else(|| data_dir.join("decisions.db"), |p| rel(&p)),
+                checkpoint_key: rel(&raw.log.checkpoint_key),
+                checkpoint_every: raw.log.checkpoint_every.unwrap_or(10_000).max(1),
+                checkpoint_interval,
+            },
+            data_dir,
             shutdown_grace,
             tls: TlsFiles {
                 cert: rel(&raw.tls.cert),
@@ -286,6 +322,8 @@ client_ca = "tls/ca.pem"
 jwks_file = "jwks.json"
 issuer = "https://idp.koganei.city"
 audience = "sekimori"
+[log]
+checkpoint_key = "keys/checkpoint.pem"
 "#;
 
     #[test]
@@ -296,6 +334,8 @@ audience = "sekimori"
         assert_eq!(c.tokens.leeway, Duration::from_secs(30));
         assert_eq!(c.limits.max_batch, 1000);
         assert_eq!(c.tokens.claims, ClaimNames::default());
+        assert_eq!(c.log.path, PathBuf::from("/etc/sekimori/data/decisions.db"));
+        assert_eq!(c.log.checkpoint_every, 10_000);
     }
 
     #[test]

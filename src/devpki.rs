@@ -74,6 +74,13 @@ impl DevPaths {
     pub fn jwks(&self) -> PathBuf {
         self.dir.join("jwks.json")
     }
+    pub fn checkpoint_key(&self) -> PathBuf {
+        self.dir.join("checkpoint-signing-key.pem")
+    }
+    /// The checkpoint public key, for `audit verify --public-key`.
+    pub fn checkpoint_public_key(&self) -> PathBuf {
+        self.dir.join("checkpoint-key.pub")
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<(), DevPkiError> {
@@ -261,6 +268,15 @@ pub fn ensure(paths: &DevPaths, systems: &[(String, String)]) -> Result<bool, De
             created = true;
         }
     }
+    if !paths.checkpoint_key().exists() || !paths.checkpoint_public_key().exists() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        write(&paths.checkpoint_key(), &key.serialize_pem())?;
+        write(
+            &paths.checkpoint_public_key(),
+            &crate::audit::checkpoint::encode_public_key(key.public_key_raw()),
+        )?;
+        created = true;
+    }
     if !paths.token_key().exists() || !paths.jwks().exists() {
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         write(&paths.token_key(), &key.serialize_pem())?;
@@ -279,7 +295,7 @@ pub fn dev_config(
     policies: &Path,
     listen: &str,
 ) -> Result<crate::config::Config, std::net::AddrParseError> {
-    use crate::config::{ClaimNames, Config, Limits, TlsFiles, TokenConfig};
+    use crate::config::{ClaimNames, Config, Limits, LogConfig, TlsFiles, TokenConfig};
     let paths = DevPaths::new(data);
     Ok(Config {
         listen: listen.parse()?,
@@ -298,6 +314,12 @@ pub fn dev_config(
             leeway: std::time::Duration::from_secs(30),
             max_bytes: 16 * 1024,
             claims: ClaimNames::default(),
+        },
+        log: LogConfig {
+            path: data.join("decisions.db"),
+            checkpoint_key: paths.checkpoint_key(),
+            checkpoint_every: 10_000,
+            checkpoint_interval: std::time::Duration::from_secs(60),
         },
         limits: Limits::default(),
     })

@@ -6,6 +6,7 @@
 //! with the runtime state, into a snapshot and decides requests against it.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -8,6 +8,8 @@
 //! - All decisions of one call are made against one snapshot, loaded once.
 //! - Without a valid policy there are no decisions ([`PdpError::NoPolicy`]).
 
+use crate::audit::record::{AssetRef, EnvRef, Record, RecordKind, SubjectRef};
+use crate::audit::writer::LogWriter;
 use crate::engine::{Decision, Env, Request, Snapshot, Subject};
 use crate::policy::model::Action;
 use arc_swap::ArcSwapOption;
@@ -31,49 +33,32 @@ pub struct Answer {
     pub decision: Decision,
 }
 
-/// What the decision log keeps of one decision. The durable, hash-chained log and its
-/// canonical encoding are built on this shape (issue: the decision log).
-#[derive(Debug, Clone)]
-pub struct DecisionRecord {
-    pub decision_id: String,
-    pub time: chrono::DateTime<chrono::Utc>,
-    pub system: String,
-    pub subject: Subject,
-    pub asset: String,
-    pub action: Action,
-    pub env: Env,
-    pub allow: bool,
-    pub reason: &'static str,
-    pub rule: Option<String>,
-    pub obligations: Vec<&'static str>,
-    pub policy_version: Arc<str>,
-    pub request_id: Option<String>,
-}
-
-/// The log could not commit: no decision may be given.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the decision log cannot commit")]
-pub struct LogError;
+pub use crate::audit::writer::LogError;
 
 pub type CommitFuture<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
 
-/// Where decision records go. `commit` resolves only when the records are durable.
+/// Where records go. `commit` resolves only when the records are durable.
 pub trait DecisionLog: Send + Sync {
-    fn commit(&self, records: Vec<DecisionRecord>) -> CommitFuture<'_>;
+    fn commit(&self, records: Vec<Record>) -> CommitFuture<'_>;
 }
 
-/// Keeps the most recent records in memory. Not durable: for tests, and the only log
-/// until the durable decision log lands.
+impl DecisionLog for LogWriter {
+    fn commit(&self, records: Vec<Record>) -> CommitFuture<'_> {
+        Box::pin(self.append(records))
+    }
+}
+
+/// Keeps the most recent records in memory. Not durable: for tests.
 #[derive(Debug, Default)]
 pub struct MemoryLog {
-    records: Mutex<Vec<DecisionRecord>>,
+    records: Mutex<Vec<Record>>,
     fail: std::sync::atomic::AtomicBool,
 }
 
 const MEMORY_LOG_KEEP: usize = 100_000;
 
 impl MemoryLog {
-    pub fn records(&self) -> Vec<DecisionRecord> {
+    pub fn records(&self) -> Vec<Record> {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
     /// Makes every commit fail (to test that no decision leaves without its record).
@@ -83,7 +68,7 @@ impl MemoryLog {
 }
 
 impl DecisionLog for MemoryLog {
-    fn commit(&self, records: Vec<DecisionRecord>) -> CommitFuture<'_> {
+    fn commit(&self, records: Vec<Record>) -> CommitFuture<'_> {
         Box::pin(async move {
             if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(LogError);
@@ -136,6 +121,15 @@ impl std::fmt::Debug for Pdp {
     }
 }
 
+fn subject_ref(s: &Subject) -> SubjectRef {
+    SubjectRef {
+        sub: s.sub.clone(),
+        section: s.section.clone(),
+        kind: s.kind.as_str().to_string(),
+        contract: s.contract.clone(),
+    }
+}
+
 fn new_decision_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -165,23 +159,67 @@ impl Pdp {
             .find_map(|i| snap.facts().systems_by_identity.get(i).cloned()))
     }
 
-    fn record(system: &str, subject: &Subject, q: &Question, a: &Answer) -> DecisionRecord {
+    fn record(system: &str, subject: &Subject, q: &Question, a: &Answer) -> Record {
         let d = &a.decision;
-        DecisionRecord {
-            decision_id: a.decision_id.clone(),
-            time: chrono::Utc::now(),
-            system: system.to_string(),
-            subject: subject.clone(),
-            asset: q.asset.clone(),
-            action: q.action,
-            env: q.env.clone(),
-            allow: d.allow,
-            reason: d.reason.as_str(),
+        Record {
+            id: a.decision_id.clone(),
+            time_us: chrono::Utc::now().timestamp_micros(),
+            kind: RecordKind::Decision,
+            system: Some(system.to_string()),
+            subject: Some(subject_ref(subject)),
+            asset: Some(AssetRef {
+                id: q.asset.clone(),
+                owner: d.asset.as_ref().map(|l| l.owner.clone()),
+                confidentiality: d.asset.as_ref().map(|l| l.confidentiality.clone()),
+                integrity: d.asset.as_ref().map(|l| l.integrity.clone()),
+                availability: d.asset.as_ref().map(|l| l.availability.clone()),
+                tier: d.asset.as_ref().map(|l| l.tier.as_str().to_string()),
+                my_number: d.asset.as_ref().map(|l| l.my_number),
+            }),
+            action: Some(q.action.as_str().to_string()),
+            env: Some(EnvRef {
+                device_issued: q.env.device_issued,
+                purpose: q.env.purpose().map(str::to_string),
+                break_glass_reason: q
+                    .env
+                    .break_glass_reason
+                    .clone()
+                    .filter(|r| !r.trim().is_empty()),
+            }),
+            decision: Some(String::from(if d.allow { "allow" } else { "deny" })),
+            reason: Some(d.reason.as_str().to_string()),
             rule: d.rule.as_ref().map(|r| r.id.to_string()),
-            obligations: d.obligations.iter().map(|o| o.name()).collect(),
-            policy_version: d.policy_version.clone(),
+            obligations: d.obligations.iter().map(|o| o.name().to_string()).collect(),
+            policy_version: Some(d.policy_version.to_string()),
             request_id: q.request_id.clone(),
+            detail: None,
         }
+    }
+
+    /// Records a request refused before any decision (unregistered certificate identity,
+    /// bad token). The refusal stands whether or not the record commits.
+    pub async fn record_rejection(
+        &self,
+        system: Option<&str>,
+        subject: Option<&str>,
+        detail: &str,
+    ) {
+        let mut r = Record::new(RecordKind::Rejected);
+        r.system = system.map(str::to_string);
+        r.subject = subject.map(|s| SubjectRef {
+            sub: s.to_string(),
+            ..SubjectRef::default()
+        });
+        r.detail = Some(detail.to_string());
+        let _ = self.log.commit(vec![r]).await;
+    }
+
+    /// Records a lifecycle or admin event durably.
+    pub async fn record_event(&self, record: Record) -> Result<(), PdpError> {
+        self.log
+            .commit(vec![record])
+            .await
+            .map_err(|_| PdpError::LogUnavailable)
     }
 
     /// Decides every question for one subject and commits the records before answering.

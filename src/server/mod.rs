@@ -258,29 +258,53 @@ impl AccessService {
         }
     }
 
-    /// The registered system named by the peer certificate.
-    fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    /// The registered system named by the peer certificate; a refusal is recorded.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let missing = || Status::unauthenticated("a client certificate is required");
+        let certs = req.peer_certs().ok_or_else(missing)?;
+        let leaf = certs.first().ok_or_else(missing)?;
         let identities = certificate_identities(leaf.as_ref());
         match self.pdp.system_for(&identities) {
             Ok(Some(system)) => Ok(system),
-            Ok(None) => Err(Status::permission_denied(
-                "the client certificate names no registered system",
-            )),
+            Ok(None) => {
+                let shown: String = identities
+                    .first()
+                    .map_or("(no URI or DNS SAN)", String::as_str)
+                    .chars()
+                    .take(256)
+                    .collect();
+                self.pdp
+                    .record_rejection(
+                        None,
+                        None,
+                        &format!("unregistered certificate identity: {shown}"),
+                    )
+                    .await;
+                Err(Status::permission_denied(
+                    "the client certificate names no registered system",
+                ))
+            }
             Err(e) => Err(status_of(&e)),
         }
     }
 
-    fn subject(&self, token: &str) -> Result<Subject, Status> {
-        self.tokens
-            .verify(token)
-            .map(|v| v.subject)
-            .map_err(|_| Status::unauthenticated("the subject token is missing or invalid"))
+    /// The verified subject; a refusal is recorded with its cause.
+    async fn subject(&self, system: &str, token: &str) -> Result<Subject, Status> {
+        match self.tokens.verify(token) {
+            Ok(v) => Ok(v.subject),
+            Err(e) => {
+                self.pdp
+                    .record_rejection(
+                        Some(system),
+                        None,
+                        &format!("bad subject token: {}", e.cause()),
+                    )
+                    .await;
+                Err(Status::unauthenticated(
+                    "the subject token is missing or invalid",
+                ))
+            }
+        }
     }
 
     fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
@@ -298,9 +322,9 @@ impl Access for AccessService {
         req: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let _permit = self.permit()?;
-        let system = self.caller(&req)?;
+        let system = self.caller(&req).await?;
         let r = req.into_inner();
-        let subject = self.subject(&r.subject_token)?;
+        let subject = self.subject(&system, &r.subject_token).await?;
         let q = Question {
             asset: asset_of(&r.asset)?,
             action: action_of(&r.action)?,
@@ -325,9 +349,9 @@ impl Access for AccessService {
         req: Request<proto::BatchCheckRequest>,
     ) -> Result<Response<proto::BatchCheckResponse>, Status> {
         let _permit = self.permit()?;
-        let system = self.caller(&req)?;
+        let system = self.caller(&req).await?;
         let r = req.into_inner();
-        let subject = self.subject(&r.subject_token)?;
+        let subject = self.subject(&system, &r.subject_token).await?;
         if r.checks.is_empty() || r.checks.len() > self.limits.max_batch {
             return Err(bad(
                 "checks",
@@ -358,9 +382,9 @@ impl Access for AccessService {
         req: Request<proto::ListAccessibleRequest>,
     ) -> Result<Response<proto::ListAccessibleResponse>, Status> {
         let _permit = self.permit()?;
-        let system = self.caller(&req)?;
+        let system = self.caller(&req).await?;
         let r = req.into_inner();
-        let subject = self.subject(&r.subject_token)?;
+        let subject = self.subject(&system, &r.subject_token).await?;
         let action = action_of(&r.action)?;
         let env = env_of(r.env)?;
         let page_size = match r.page_size as usize {
@@ -424,6 +448,7 @@ pub async fn serve(
     tls: &TlsMaterial,
     pdp: Arc<Pdp>,
     tokens: Arc<TokenVerifier>,
+    log_healthy: Option<tokio::sync::watch::Receiver<bool>>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
@@ -448,6 +473,23 @@ pub async fn serve(
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+    }
+    // The service is SERVING only while the log can commit; it recovers by itself.
+    if let Some(mut healthy) = log_healthy {
+        let reporter = health.clone();
+        tokio::spawn(async move {
+            while healthy.changed().await.is_ok() {
+                let status = if *healthy.borrow() {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter
+                    .set_service_status("sekimori.v1.Access", status)
+                    .await;
+                reporter.set_service_status("", status).await;
+            }
+        });
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let draining = health.clone();

@@ -11,7 +11,6 @@ use sekimori::server::proto::access_client::AccessClient;
 use sekimori::server::proto::{
     BatchCheckRequest, CheckItem, CheckRequest, Environment, ListAccessibleRequest,
 };
-use std::sync::Arc;
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -20,7 +19,7 @@ struct TestServer {
     data: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
-    log: Arc<sekimori::pdp::MemoryLog>,
+    log: sekimori::audit::writer::LogWriter,
 }
 
 impl TestServer {
@@ -236,8 +235,15 @@ async fn the_sample_city_answers_over_mtls_as_the_engine_decides() {
     ] {
         assert!(reasons.contains(r), "no case answered {r} over the wire");
     }
-    // Every answer has its record, with the decision id the client saw.
-    assert!(server.log.records().len() >= 30);
+    // Every answer has its record, committed before the answer.
+    assert!(
+        server
+            .log
+            .stats
+            .committed_records
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 30
+    );
     server.stop().await;
 }
 
@@ -624,29 +630,125 @@ async fn malformed_requests_are_invalid_arguments() {
     server.stop().await;
 }
 
+fn store(server: &TestServer) -> sekimori::audit::store::Store {
+    sekimori::audit::store::Store::open_read_only(server.log.path()).unwrap()
+}
+
+async fn health_status(server: &TestServer) -> i32 {
+    let p = server.paths();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
+        .identity(Identity::from_pem(
+            std::fs::read(p.client_cert("juki")).unwrap(),
+            std::fs::read(p.client_key("juki")).unwrap(),
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sekimori.v1.Access".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
 #[tokio::test]
-async fn no_decision_leaves_without_its_record() {
+async fn a_full_store_answers_unavailable_then_recovers_without_losing_anything() {
     let server = TestServer::start().await;
     let mut client = server.client("juki").await;
     let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
-    let before = server.log.records().len();
-    server.log.set_failing(true);
-    let status = client
+    let first = client
         .check(check(token.clone(), "juki-tokei", "read", true, ""))
         .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(server.log.records().len(), before);
-    server.log.set_failing(false);
-    let d = client
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(store(&server).contains(&first.decision_id).unwrap());
+    // The disk is full: the store may not grow.
+    server.log.set_max_pages(1).await;
+    let mut unavailable = 0;
+    let mut answered = Vec::new();
+    for _ in 0..40 {
+        match client
+            .check(check(token.clone(), "juki-tokei", "read", true, ""))
+            .await
+        {
+            Ok(r) => answered.push(r.into_inner().decision.unwrap().decision_id),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable);
+                assert_no_internals(&status);
+                unavailable += 1;
+            }
+        }
+        if unavailable >= 3 {
+            break;
+        }
+    }
+    assert!(unavailable >= 3, "a full store must refuse decisions");
+    assert_eq!(health_status(&server).await, NOT_SERVING);
+    // Space again: it recovers by itself.
+    server.log.set_max_pages(0).await;
+    let after = client
         .check(check(token, "juki-tokei", "read", true, ""))
         .await
         .unwrap()
         .into_inner()
         .decision
         .unwrap();
-    let records = server.log.records();
-    assert_eq!(records.last().unwrap().decision_id, d.decision_id);
+    assert_eq!(health_status(&server).await, SERVING);
+    let st = store(&server);
+    for id in answered.iter().chain([&after.decision_id]) {
+        assert!(
+            st.contains(id).unwrap(),
+            "an answered decision is missing: {id}"
+        );
+    }
+    let report = sekimori::audit::verify::verify(&st, None, None, |_| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_requests_are_recorded() {
+    let server = TestServer::start().await;
+    let mut client = server.client("juki").await;
+    let status = client
+        .check(check("garbage".into(), "juki-tokei", "read", true, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let st = store(&server);
+    let n: i64 = st
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM records WHERE kind = 'rejected' AND system = 'juki'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let starts: i64 = st
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM records WHERE kind = 'start'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(starts, 1);
     server.stop().await;
 }
 

@@ -1,0 +1,217 @@
+//! The single writer with group commit.
+//!
+//! Callers send batches of records and wait; one OS thread owns the SQLite connection,
+//! takes every batch waiting (up to [`MAX_GROUP`] records), appends them in one
+//! transaction — one fsync — and only then answers every caller. Under load the groups
+//! grow by themselves. The queue is bounded: when it is full, callers wait (backpressure).
+//! When a commit fails (disk full, read-only, corruption), every caller of that group
+//! gets [`LogError`], the store is marked unhealthy, and the next group tries again:
+//! nothing is acknowledged that was not committed, and it recovers by itself.
+
+use super::checkpoint::Signer;
+use super::record::{Record, RecordKind};
+use super::store::{Store, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most records in one transaction.
+pub const MAX_GROUP: usize = 8192;
+/// Batches that may wait in the queue before callers wait to enqueue.
+pub const QUEUE_BATCHES: usize = 4096;
+
+/// The log could not commit: no decision may be given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the decision log cannot commit")]
+pub struct LogError;
+
+/// When to write a signed checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    pub every_records: u64,
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_records: 10_000,
+            every: Duration::from_secs(60),
+        }
+    }
+}
+
+enum Message {
+    Append(Vec<Record>, oneshot::Sender<Result<(), LogError>>),
+    /// Tests: limit the database size (0 = no limit), to simulate a full disk.
+    MaxPages(u64, oneshot::Sender<()>),
+}
+
+/// Observable state of the writer.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub committed_records: AtomicU64,
+    pub commits: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub last_group: AtomicU64,
+    pub head_seq: AtomicU64,
+    pub last_checkpoint_seq: AtomicU64,
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<Message>,
+    healthy: watch::Receiver<bool>,
+    pub stats: Arc<WriterStats>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogWriter {
+    /// Opens the store and starts the writer thread.
+    pub fn start(
+        path: &Path,
+        signer: Option<Signer>,
+        policy: CheckpointPolicy,
+    ) -> Result<LogWriter, StoreError> {
+        let mut store = Store::open(path)?;
+        let head = store.head()?;
+        let (tx, mut rx) = mpsc::channel::<Message>(QUEUE_BATCHES);
+        let (health_tx, healthy) = watch::channel(true);
+        let stats = Arc::new(WriterStats::default());
+        stats.head_seq.store(head.seq, Ordering::Relaxed);
+        let thread_stats = stats.clone();
+        let unhealthy = Arc::new(AtomicBool::new(false));
+        std::thread::Builder::new()
+            .name(String::from("sekimori-log-writer"))
+            .spawn(move || {
+                let mut head = head;
+                let mut since_checkpoint = 0u64;
+                let mut last_checkpoint = Instant::now();
+                while let Some(first) = rx.blocking_recv() {
+                    let mut group: Vec<Record> = Vec::new();
+                    let mut waiters: Vec<oneshot::Sender<Result<(), LogError>>> = Vec::new();
+                    let take = |m: Message, group: &mut Vec<Record>, waiters: &mut Vec<_>| match m {
+                        Message::Append(records, reply) => {
+                            group.extend(records);
+                            waiters.push(reply);
+                        }
+                        Message::MaxPages(n, reply) => {
+                            let _ = store.set_max_pages(n);
+                            let _ = reply.send(());
+                        }
+                    };
+                    take(first, &mut group, &mut waiters);
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(m) => take(m, &mut group, &mut waiters),
+                            Err(_) => break,
+                        }
+                    }
+                    if group.is_empty() {
+                        continue;
+                    }
+                    match store.append(head, &group) {
+                        Ok(new_head) => {
+                            head = new_head;
+                            thread_stats
+                                .committed_records
+                                .fetch_add(group.len() as u64, Ordering::Relaxed);
+                            thread_stats.commits.fetch_add(1, Ordering::Relaxed);
+                            thread_stats
+                                .last_group
+                                .store(group.len() as u64, Ordering::Relaxed);
+                            thread_stats.head_seq.store(head.seq, Ordering::Relaxed);
+                            if unhealthy.swap(false, Ordering::SeqCst) {
+                                let _ = health_tx.send(true);
+                            }
+                            for reply in waiters {
+                                let _ = reply.send(Ok(()));
+                            }
+                            since_checkpoint += group.len() as u64;
+                            if let Some(signer) = &signer {
+                                if since_checkpoint >= policy.every_records
+                                    || last_checkpoint.elapsed() >= policy.every
+                                {
+                                    let cp =
+                                        signer.sign(head, chrono::Utc::now().timestamp_micros());
+                                    // A checkpoint that cannot be written is retried at the next commit.
+                                    if store.add_checkpoint(&cp).is_ok() {
+                                        since_checkpoint = 0;
+                                        last_checkpoint = Instant::now();
+                                        thread_stats
+                                            .last_checkpoint_seq
+                                            .store(head.seq, Ordering::Relaxed);
+                                    }
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            thread_stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                            if !unhealthy.swap(true, Ordering::SeqCst) {
+                                let _ = health_tx.send(false);
+                            }
+                            for reply in waiters {
+                                let _ = reply.send(Err(LogError));
+                            }
+                        }
+                    }
+                }
+                // The channel closed: every sender is gone, everything sent was answered.
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the log writer thread: {e}")))?;
+        Ok(LogWriter {
+            tx,
+            healthy,
+            stats,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Appends records durably; resolves when they are committed (fsync'd).
+    pub async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Append(records, reply))
+            .await
+            .map_err(|_| LogError)?;
+        rx.await.map_err(|_| LogError)?
+    }
+
+    /// Whether the last commit succeeded.
+    pub fn healthy(&self) -> watch::Receiver<bool> {
+        self.healthy.clone()
+    }
+
+    /// Tests: limit the store's size (0 = unlimited), to simulate a full disk.
+    pub async fn set_max_pages(&self, pages: u64) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Message::MaxPages(pages, reply)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A start or stop record.
+pub fn lifecycle(kind: RecordKind, detail: &str) -> Record {
+    let mut r = Record::new(kind);
+    r.detail = Some(detail.to_string());
+    r
+}
