@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 policy invalid or tests failed, 4 log
 //! verification failed, 5 check denied.
 
+mod audit_cmd;
 mod policy_cmd;
 mod service_cmd;
 
@@ -14,6 +15,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_POLICY: u8 = 3;
+pub const EXIT_VERIFY_FAILED: u8 = 4;
 pub const EXIT_DENIED: u8 = 5;
 
 #[derive(Parser, Debug)]
@@ -38,6 +40,9 @@ enum Command {
     Serve(service_cmd::ServeArgs),
     /// Ask a running sekimori for one decision and print it (exit 5 on deny).
     Check(service_cmd::CheckArgs),
+    /// The decision log: verify it, export its checkpoint (offline, on the store file).
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -65,6 +70,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Serve(args) => service_cmd::run_serve(&args),
+        Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Check(args) => service_cmd::run_check(&args),
         Command::Dev(DevCommand::Generate(args)) => crate::generate::run(&args).map(|()| EXIT_OK),
         Command::Dev(DevCommand::Init(args)) => service_cmd::run_dev_init(&args),

@@ -212,9 +212,10 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<u8> {
             let c = s.facts().counts;
             println!("  policy {} from {}: {} systems, {} assets, {} grants in force", s.version(), app.config.policy_dir.display(), c.systems, c.assets, c.effective_grants);
         }
-        println!("  decision log: in memory only — the durable, tamper-evident log is not built yet");
+        println!("  decision log: {} (every answer is committed and fsync'd before it is sent)", app.config.log.path.display());
         if a.dev {
             println!("  development material: {}", DevPaths::new(&a.data).dir.display());
+            println!("  verify the log: cargo run --release -- audit verify --db {} --public-key {}", app.config.log.path.display(), DevPaths::new(&a.data).checkpoint_public_key().display());
             println!("first check, from another terminal:");
             println!("  cargo run --release -- check --dev --system juki --sub e1010 --section shimin --amr pwd,fpt \\");
             println!("    --asset juki-main --action read --device-issued --purpose jumin-kiroku");

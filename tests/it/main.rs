@@ -4,5 +4,6 @@
 mod bad_input;
 mod decisions;
 mod diagnostics;
+mod log;
 mod service;
 mod support;

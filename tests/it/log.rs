@@ -1,0 +1,363 @@
+//! The decision log: tamper evidence (each way of tampering named at the right record) and
+//! durability across `kill -9` of a real server process.
+
+use crate::support::repo;
+use sekimori::audit::checkpoint::Signer;
+use sekimori::audit::record::{Record, RecordKind, chain_hash};
+use sekimori::audit::store::{Checkpoint, Head, Store};
+use sekimori::audit::verify::verify;
+use std::path::Path;
+
+const N: u64 = 100;
+const EVERY: u64 = 25;
+
+fn signer() -> (Signer, Vec<u8>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let s = Signer::from_pem(&key.serialize_pem(), "test").unwrap();
+    let public = s.public_key();
+    (s, public)
+}
+
+/// A store of N decision records with a signed checkpoint every EVERY records.
+fn build(dir: &Path) -> (Store, Vec<u8>) {
+    let (signer, public) = signer();
+    let mut store = Store::open(&dir.join("log.db")).unwrap();
+    let mut head = store.head().unwrap();
+    for batch in 0..(N / EVERY) {
+        let records: Vec<Record> = (0..EVERY)
+            .map(|i| {
+                let mut r = Record::new(RecordKind::Decision);
+                r.system = Some("juki".into());
+                r.reason = Some(format!("grant-{}", batch * EVERY + i));
+                r
+            })
+            .collect();
+        head = store.append(head, &records).unwrap();
+        store
+            .add_checkpoint(&signer.sign(head, 1_780_000_000_000_000))
+            .unwrap();
+    }
+    (store, public)
+}
+
+fn sql(store: &Store, statement: &str) {
+    store.connection().execute_batch(statement).unwrap();
+}
+
+fn first_bad(store: &Store, key: &[u8], external: Option<&Checkpoint>) -> Option<(u64, String)> {
+    verify(store, Some(key), external, |_| {})
+        .unwrap()
+        .problem
+        .map(|p| (p.seq, p.what))
+}
+
+#[test]
+fn an_intact_log_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    let report = verify(&store, Some(&key), None, |_| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+    assert_eq!(report.records, N);
+    assert_eq!(report.checkpoints, (N / EVERY) as usize);
+}
+
+#[test]
+fn one_changed_byte_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    // Flip one character of record 37's reason inside its stored bytes.
+    sql(
+        &store,
+        "UPDATE records SET body = CAST(REPLACE(CAST(body AS TEXT), 'grant-36', 'grant-3X') AS BLOB) WHERE seq = 37",
+    );
+    assert_eq!(first_bad(&store, &key, None).unwrap().0, 37);
+}
+
+#[test]
+fn a_deleted_row_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    sql(&store, "DELETE FROM records WHERE seq = 50");
+    let (seq, what) = first_bad(&store, &key, None).unwrap();
+    assert_eq!(seq, 50, "{what}");
+    assert!(what.contains("missing"), "{what}");
+}
+
+#[test]
+fn two_swapped_rows_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    sql(
+        &store,
+        "UPDATE records SET seq = -20 WHERE seq = 20; UPDATE records SET seq = 20 WHERE seq = 21; UPDATE records SET seq = 21 WHERE seq = -20;",
+    );
+    assert_eq!(first_bad(&store, &key, None).unwrap().0, 20);
+}
+
+#[test]
+fn a_truncated_tail_is_named_by_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    sql(&store, "DELETE FROM records WHERE seq > 90");
+    assert_eq!(first_bad(&store, &key, None).unwrap().0, 91);
+}
+
+#[test]
+fn a_truncated_tail_with_its_checkpoints_removed_is_caught_by_an_exported_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    let exported = store.checkpoints().unwrap().pop().unwrap();
+    sql(
+        &store,
+        "DELETE FROM records WHERE seq > 90; DELETE FROM checkpoints WHERE seq > 90;",
+    );
+    assert!(
+        first_bad(&store, &key, None).is_none(),
+        "without a copy kept elsewhere this is undetectable"
+    );
+    assert_eq!(first_bad(&store, &key, Some(&exported)).unwrap().0, 91);
+}
+
+/// Rewrites record `from` and re-chains every later record: the hashes are consistent again,
+/// but no one without the key can sign a checkpoint over them.
+fn rechain(store: &Store, from: u64) {
+    sql(
+        store,
+        &format!(
+            "UPDATE records SET body = CAST(REPLACE(CAST(body AS TEXT), 'grant-{}', 'grant-XX') AS BLOB) WHERE seq = {from}",
+            from - 1
+        ),
+    );
+    let prev: Vec<u8> = store
+        .connection()
+        .query_row(
+            "SELECT hash FROM records WHERE seq = ?1",
+            [(from - 1) as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut prev: [u8; 32] = prev.try_into().unwrap();
+    for seq in from..=N {
+        let body: Vec<u8> = store
+            .connection()
+            .query_row(
+                "SELECT body FROM records WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let h = chain_hash(&prev, &body);
+        store
+            .connection()
+            .execute(
+                "UPDATE records SET hash = ?1 WHERE seq = ?2",
+                rusqlite::params![h.as_slice(), seq as i64],
+            )
+            .unwrap();
+        prev = h;
+    }
+}
+
+#[test]
+fn a_tail_rechained_without_the_key_is_named_by_its_checkpoint_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    rechain(&store, 80);
+    let (seq, what) = first_bad(&store, &key, None).unwrap();
+    // The last checkpoint that still holds is at 75: records 76..=100 cannot be trusted.
+    assert_eq!(seq, 76, "{what}");
+    assert!(what.contains("76..=100"), "{what}");
+}
+
+#[test]
+fn a_rechained_tail_with_forged_checkpoints_fails_their_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    rechain(&store, 80);
+    let (forger, _) = signer();
+    let hash: Vec<u8> = store
+        .connection()
+        .query_row("SELECT hash FROM records WHERE seq = 100", [], |r| r.get(0))
+        .unwrap();
+    let forged = forger.sign(
+        Head {
+            seq: 100,
+            hash: hash.try_into().unwrap(),
+        },
+        1_780_000_000_000_001,
+    );
+    store.add_checkpoint(&forged).unwrap();
+    let (seq, what) = first_bad(&store, &key, None).unwrap();
+    assert_eq!(seq, 100, "{what}");
+    assert!(what.contains("signature"), "{what}");
+}
+
+#[test]
+fn verify_cli_exits_4_and_names_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build(dir.path());
+    let key_file = dir.path().join("key.pub");
+    std::fs::write(
+        &key_file,
+        sekimori::audit::checkpoint::encode_public_key(&key),
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sekimori"))
+            .args(["audit", "verify", "--db"])
+            .arg(dir.path().join("log.db"))
+            .arg("--public-key")
+            .arg(&key_file)
+            .output()
+            .unwrap()
+    };
+    let ok = run();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
+    sql(&store, "DELETE FROM records WHERE seq = 42");
+    let bad = run();
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("first bad record: 42"),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_server(data: &Path, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sekimori"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data",
+        ])
+        .arg(data)
+        .arg("--policies")
+        .arg(repo().join("policies"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn client(
+    data: &Path,
+    port: u16,
+) -> Option<sekimori::server::proto::access_client::AccessClient<tonic::transport::Channel>> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let p = sekimori::devpki::DevPaths::new(data);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).ok()?))
+        .identity(Identity::from_pem(
+            std::fs::read(p.client_cert("juki")).ok()?,
+            std::fs::read(p.client_key("juki")).ok()?,
+        ))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .ok()?
+        .tls_config(tls)
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    Some(sekimori::server::proto::access_client::AccessClient::new(
+        channel,
+    ))
+}
+
+async fn wait_for(
+    data: &Path,
+    port: u16,
+) -> sekimori::server::proto::access_client::AccessClient<tonic::transport::Channel> {
+    for _ in 0..200 {
+        if let Some(c) = client(data, port).await {
+            return c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the server did not come up");
+}
+
+/// Every decision a client received is in the log after `kill -9`, and the chain verifies.
+#[tokio::test]
+async fn answered_decisions_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let port = free_port();
+        let mut child = spawn_server(data.path(), port);
+        let c = wait_for(data.path(), port).await;
+        let key = std::fs::read_to_string(sekimori::devpki::DevPaths::new(data.path()).token_key())
+            .unwrap();
+        let token = sekimori::devpki::sign_token(
+            &key,
+            &sekimori::devpki::TokenClaims {
+                sub: "e1010".into(),
+                section: Some("shimin".into()),
+                amr: vec!["pwd".into(), "fpt".into()],
+                ttl_secs: 600,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut c = c.clone();
+            let token = token.clone();
+            let received = received.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..10_000 {
+                    let req = sekimori::server::proto::CheckRequest {
+                        subject_token: token.clone(),
+                        asset: "juki-tokei".into(),
+                        action: "read".into(),
+                        env: None,
+                        request_id: String::new(),
+                    };
+                    match c.check(req).await {
+                        Ok(r) => received
+                            .lock()
+                            .unwrap()
+                            .push(r.into_inner().decision.unwrap().decision_id),
+                        Err(_) => break,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300 + 150 * round)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let received = received.lock().unwrap().clone();
+        assert!(
+            !received.is_empty(),
+            "round {round}: no decision was answered before the kill"
+        );
+        let store = Store::open_read_only(&data.path().join("decisions.db")).unwrap();
+        for id in &received {
+            assert!(
+                store.contains(id).unwrap(),
+                "round {round}: answered decision {id} is not in the log"
+            );
+        }
+        let report = verify(&store, None, None, |_| {}).unwrap();
+        assert!(report.ok(), "round {round}: {:?}", report.problem);
+    }
+}
