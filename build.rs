@@ -2,7 +2,10 @@
 //! set for gRPC server reflection.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/sekimori/v1/access.proto"];
+    let protos = [
+        "proto/sekimori/v1/access.proto",
+        "proto/sekimori/v1/audit.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -52,6 +52,8 @@ pub struct App {
     pub tokens: Arc<TokenVerifier>,
     pub tls: TlsMaterial,
     pub log: LogWriter,
+    /// The public half of the checkpoint key (for VerifyLog).
+    pub checkpoint_public_key: Vec<u8>,
     loaded: Arc<Loaded>,
 }
 
@@ -83,6 +85,7 @@ impl App {
             }
         })?;
         let signer = Signer::from_pem(&key_pem, &key_path)?;
+        let checkpoint_public_key = signer.public_key();
         let log_path = config.log.path.display().to_string();
         if let Some(dir) = config.log.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| AppError::Log {
@@ -109,6 +112,7 @@ impl App {
             tokens,
             tls,
             log,
+            checkpoint_public_key,
             loaded: Arc::new(loaded),
         })
     }
@@ -148,16 +152,19 @@ impl App {
             .await
             .map_err(|_| AppError::LogUnavailable)?;
         let refresher = tokio::spawn(refresh_at_windows(self.pdp.clone(), self.loaded.clone()));
-        let result = crate::server::serve(
-            &self.config,
-            &self.tls,
+        let audit = crate::server::audit::AuditService::new(
             self.pdp.clone(),
             self.tokens.clone(),
-            Some(self.log.healthy()),
-            listener,
-            shutdown,
-        )
-        .await;
+            self.config.log.path.clone(),
+            self.checkpoint_public_key.clone(),
+        );
+        let parts = crate::server::Parts {
+            pdp: self.pdp.clone(),
+            tokens: self.tokens.clone(),
+            log_healthy: Some(self.log.healthy()),
+            audit: Some(audit),
+        };
+        let result = crate::server::serve(&self.config, &self.tls, parts, listener, shutdown).await;
         refresher.abort();
         let mut stop = lifecycle(RecordKind::Stop, "sekimori stopped");
         stop.policy_version = Some(version);

@@ -5,6 +5,7 @@
 //! change the bytes, and so the hash, of an old record.
 
 pub mod checkpoint;
+pub mod query;
 pub mod record;
 pub mod store;
 pub mod verify;

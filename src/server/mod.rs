@@ -2,6 +2,7 @@
 //! reflection, graceful shutdown. Errors become `tonic::Status` in one place
 //! ([`status_of`]); messages to clients are short and never carry internals.
 
+pub mod audit;
 pub mod proto;
 
 use crate::auth::certificate_identities;
@@ -441,17 +442,32 @@ fn decode_page_token(token: &str) -> Result<usize, Status> {
         .ok_or_else(invalid)
 }
 
+/// The parts the services are built from.
+#[derive(Debug)]
+pub struct Parts {
+    pub pdp: Arc<Pdp>,
+    pub tokens: Arc<TokenVerifier>,
+    /// Whether the decision log can commit; health follows it.
+    pub log_healthy: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The audit service, when the decision log is durable.
+    pub audit: Option<audit::AuditService>,
+}
+
 /// Builds the server and serves on `listener` until `shutdown` resolves; then reports
 /// NOT_SERVING, stops accepting and lets requests in flight finish within the grace period.
 pub async fn serve(
     cfg: &Config,
     tls: &TlsMaterial,
-    pdp: Arc<Pdp>,
-    tokens: Arc<TokenVerifier>,
-    log_healthy: Option<tokio::sync::watch::Receiver<bool>>,
+    parts: Parts,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let Parts {
+        pdp,
+        tokens,
+        log_healthy,
+        audit,
+    } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -512,6 +528,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(access)
+        .add_optional_service(audit.map(proto::audit_server::AuditServer::new))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             signal,

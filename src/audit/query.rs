@@ -1,0 +1,193 @@
+//! The auditors' queries over the store: filters, paging by sequence number, export in
+//! chunks, summaries. Every filter is a bound parameter on an indexed column.
+
+use super::store::{Store, StoreError};
+use rusqlite::types::Value as SqlValue;
+
+/// All fields optional (`None` = any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Filter {
+    pub from_us: Option<i64>,
+    pub until_us: Option<i64>,
+    pub sub: Option<String>,
+    pub section: Option<String>,
+    pub system: Option<String>,
+    pub asset: Option<String>,
+    pub action: Option<String>,
+    pub decision: Option<String>,
+    pub reason: Option<String>,
+    pub tier: Option<String>,
+    pub policy_version: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// A record as read back: its sequence, id, time, kind, stored bytes and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub seq: u64,
+    pub id: String,
+    pub time_us: i64,
+    pub kind: String,
+    pub body: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// What a summary counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryBy {
+    /// Calendar day in JST.
+    Day,
+    Section,
+    Asset,
+    Reason,
+    Decision,
+}
+
+impl SummaryBy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "day" => Some(SummaryBy::Day),
+            "section" => Some(SummaryBy::Section),
+            "asset" => Some(SummaryBy::Asset),
+            "reason" => Some(SummaryBy::Reason),
+            "decision" => Some(SummaryBy::Decision),
+            _ => None,
+        }
+    }
+
+    fn expression(self) -> &'static str {
+        match self {
+            // JST is UTC+9 without daylight saving.
+            SummaryBy::Day => "date(time_us / 1000000 + 32400, 'unixepoch')",
+            SummaryBy::Section => "COALESCE(section, '')",
+            SummaryBy::Asset => "COALESCE(asset, '')",
+            SummaryBy::Reason => "COALESCE(reason, '')",
+            SummaryBy::Decision => "COALESCE(decision, '')",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SummaryRow {
+    pub key: String,
+    pub allow: u64,
+    pub deny: u64,
+    pub total: u64,
+}
+
+fn where_clause(f: &Filter) -> (String, Vec<SqlValue>) {
+    let mut parts: Vec<String> = Vec::new();
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(t) = f.from_us {
+        params.push(SqlValue::Integer(t));
+        parts.push(format!("time_us >= ?{}", params.len()));
+    }
+    if let Some(t) = f.until_us {
+        params.push(SqlValue::Integer(t));
+        parts.push(format!("time_us < ?{}", params.len()));
+    }
+    for (column, value) in [
+        ("sub", &f.sub),
+        ("section", &f.section),
+        ("system", &f.system),
+        ("asset", &f.asset),
+        ("action", &f.action),
+        ("decision", &f.decision),
+        ("reason", &f.reason),
+        ("tier", &f.tier),
+        ("policy_version", &f.policy_version),
+        ("kind", &f.kind),
+    ] {
+        if let Some(v) = value {
+            params.push(SqlValue::Text(v.clone()));
+            parts.push(format!("{column} = ?{}", params.len()));
+        }
+    }
+    let clause = if parts.is_empty() {
+        String::from("1 = 1")
+    } else {
+        parts.join(" AND ")
+    };
+    (clause, params)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// One page of records matching `filter`, after (or before, newest first) `cursor`.
+    pub fn query(
+        &self,
+        filter: &Filter,
+        cursor: Option<u64>,
+        oldest_first: bool,
+        limit: usize,
+    ) -> Result<Vec<Row>, StoreError> {
+        let (mut clause, mut params) = where_clause(filter);
+        if let Some(c) = cursor {
+            params.push(SqlValue::Integer(i64::try_from(c).unwrap_or(i64::MAX)));
+            clause.push_str(&format!(
+                " AND seq {} ?{}",
+                if oldest_first { ">" } else { "<" },
+                params.len()
+            ));
+        }
+        params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let sql = format!(
+            "SELECT seq, id, time_us, kind, body, hash FROM records WHERE {clause} ORDER BY seq {} LIMIT ?{}",
+            if oldest_first { "ASC" } else { "DESC" },
+            params.len()
+        );
+        let mut stmt = self.connection().prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            Ok(Row {
+                seq: to_u64(r.get(0)?),
+                id: r.get(1)?,
+                time_us: r.get(2)?,
+                kind: r.get(3)?,
+                body: r.get(4)?,
+                hash: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// One record by id.
+    pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
+        let mut stmt = self.connection().prepare_cached(
+            "SELECT seq, id, time_us, kind, body, hash FROM records WHERE id = ?1",
+        )?;
+        let mut rows = stmt.query([id])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(Row {
+                seq: to_u64(r.get(0)?),
+                id: r.get(1)?,
+                time_us: r.get(2)?,
+                kind: r.get(3)?,
+                body: r.get(4)?,
+                hash: r.get(5)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Counts of matching records grouped by `by`.
+    pub fn summarize(&self, filter: &Filter, by: SummaryBy) -> Result<Vec<SummaryRow>, StoreError> {
+        let (clause, params) = where_clause(filter);
+        let key = by.expression();
+        let sql = format!(
+            "SELECT {key} AS k, SUM(decision = 'allow'), SUM(decision = 'deny'), COUNT(*) FROM records WHERE {clause} GROUP BY k ORDER BY k"
+        );
+        let mut stmt = self.connection().prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+            Ok(SummaryRow {
+                key: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                allow: to_u64(r.get::<_, Option<i64>>(1)?.unwrap_or(0)),
+                deny: to_u64(r.get::<_, Option<i64>>(2)?.unwrap_or(0)),
+                total: to_u64(r.get(3)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
