@@ -44,3 +44,16 @@ PYTHONPATH="$work/gen" "$work/venv/bin/python" docs/examples/check_client.py --a
   --cert "$dev/clients/juki.pem" --key "$dev/clients/juki-key.pem" --token "$token" | tee "$work/python.out"
 grep -q '^ALLOW grant' "$work/python.out"
 echo "clients: Rust and Python both got the decision"
+
+echo "-- the auditors' CLI against the service"
+A=(--dev --data "$work/data" --addr "https://127.0.0.1:$port")
+"$bin" audit query "${A[@]}" --sub e1010 | tee "$work/query.out"
+grep -q '住民基本台帳データ(juki-main)' "$work/query.out"
+"$bin" audit summary "${A[@]}" --by decision
+"$bin" audit export "${A[@]}" --format csv --out "$work/export.csv"
+head -c 3 "$work/export.csv" | od -An -tx1 | grep -q 'ef bb bf' || { echo "CSV export lacks the UTF-8 BOM"; exit 1; }
+grep -q '"e1010"' "$work/export.csv"
+"$bin" audit verify "${A[@]}"
+kill -TERM "$pid"; wait "$pid" || true; pid=""
+"$bin" audit verify --db "$work/data/decisions.db" --public-key "$dev/checkpoint-key.pub"
+echo "auditors' CLI: query, summary, export (CSV with BOM) and verify (online and offline) work"

@@ -7,17 +7,29 @@ use rusqlite::types::Value as SqlValue;
 /// All fields optional (`None` = any).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Filter {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub from_us: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub until_us: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub section: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub asset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
 }
 
