@@ -42,6 +42,7 @@ struct RawLog {
     checkpoint_key: PathBuf,
     checkpoint_every: Option<u64>,
     checkpoint_interval: Option<String>,
+    retention: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +145,9 @@ pub struct LogConfig {
     pub checkpoint_key: PathBuf,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
+    /// How long records stay in the store before `audit archive` moves them out; `None`
+    /// keeps everything.
+    pub retention: Option<Duration>,
 }
 
 /// A validated configuration.
@@ -174,6 +178,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -233,6 +238,18 @@ impl Config {
             raw.log.checkpoint_interval.as_ref(),
             Duration::from_secs(60),
         );
+        let retention = match raw.log.retention.as_deref() {
+            None => None,
+            Some(t) => match parse_duration(t) {
+                Some(d) => Some(d),
+                None => {
+                    problems.push(format!(
+                        "`log.retention`: `{t}` is not a duration (e.g. \"1826d\")"
+                    ));
+                    None
+                }
+            },
+        };
         let listen_text = raw
             .listen
             .clone()
@@ -276,6 +293,7 @@ impl Config {
                 checkpoint_key: rel(&raw.log.checkpoint_key),
                 checkpoint_every: raw.log.checkpoint_every.unwrap_or(10_000).max(1),
                 checkpoint_interval,
+                retention,
             },
             data_dir,
             shutdown_grace,

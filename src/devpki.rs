@@ -320,6 +320,7 @@ pub fn dev_config(
             checkpoint_key: paths.checkpoint_key(),
             checkpoint_every: 10_000,
             checkpoint_interval: std::time::Duration::from_secs(60),
+            retention: None,
         },
         limits: Limits::default(),
     })

@@ -4,6 +4,7 @@
 //! Must not depend on `engine` or on generated proto types: an API change can never
 //! change the bytes, and so the hash, of an old record.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod query;
 pub mod record;

@@ -280,6 +280,34 @@ impl Store {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Removes records up to and including `seq` and makes (`seq`, `hash`) the anchor the
+    /// chain continues from, in one transaction (retention; see `archive`).
+    pub fn remove_through(&self, seq: u64, hash: &[u8; 32]) -> Result<(), StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            self.conn
+                .execute("DELETE FROM records WHERE seq <= ?1", [seq])?;
+            self.conn
+                .execute("DELETE FROM checkpoints WHERE seq < ?1", [seq])?;
+            self.conn.execute(
+                "INSERT OR REPLACE INTO anchor (id, seq, hash) VALUES (1, ?1, ?2)",
+                params![seq, hash.as_slice()],
+            )?;
+            Ok::<(), rusqlite::Error>(())
+        })();
+        match result {
+            Ok(()) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
+    }
+
     /// The raw connection, for tests that tamper with the store.
     pub fn connection(&self) -> &Connection {
         &self.conn

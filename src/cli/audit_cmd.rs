@@ -39,6 +39,25 @@ pub enum AuditCommand {
     Verify(VerifyArgs),
     /// Export the latest signed checkpoint, to keep where the server cannot write.
     Checkpoint(CheckpointArgs),
+    /// Retention: move records older than the cutoff (up to a signed checkpoint) into an
+    /// archive file and remove them from the store; both still verify.
+    Archive(ArchiveArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ArchiveArgs {
+    /// The store file.
+    #[arg(long)]
+    db: PathBuf,
+    /// Archive records older than this time (JST date or RFC 3339).
+    #[arg(long, conflicts_with = "config")]
+    before: Option<String>,
+    /// Or: archive records older than `log.retention` of this config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The archive file to write (JSON Lines).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -172,6 +191,9 @@ pub struct VerifyArgs {
     /// A checkpoint exported earlier with `audit checkpoint` (offline).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Verify an archive file written by `audit archive` instead (offline).
+    #[arg(long, conflicts_with = "db")]
+    archive: Option<PathBuf>,
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -190,8 +212,9 @@ pub struct CheckpointArgs {
 
 pub fn run(cmd: AuditCommand) -> anyhow::Result<u8> {
     match cmd {
-        AuditCommand::Verify(a) if a.db.is_some() => run_verify_offline(&a),
+        AuditCommand::Verify(a) if a.db.is_some() || a.archive.is_some() => run_verify_offline(&a),
         AuditCommand::Checkpoint(a) => run_checkpoint(&a),
+        AuditCommand::Archive(a) => run_archive(&a),
         other => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -689,7 +712,7 @@ async fn run_online(cmd: AuditCommand) -> anyhow::Result<u8> {
             }
             Ok(if r.ok { EXIT_OK } else { EXIT_VERIFY_FAILED })
         }
-        AuditCommand::Checkpoint(_) => Ok(EXIT_OK),
+        AuditCommand::Checkpoint(_) | AuditCommand::Archive(_) => Ok(EXIT_OK),
     }
 }
 
@@ -767,6 +790,40 @@ fn run_verify_offline(a: &VerifyArgs) -> anyhow::Result<u8> {
     } else {
         EXIT_VERIFY_FAILED
     })
+}
+
+fn run_archive(a: &ArchiveArgs) -> anyhow::Result<u8> {
+    let cutoff = match (&a.before, &a.config) {
+        (Some(t), _) => {
+            parse_policy_time(t).ok_or_else(|| anyhow!("`--before {t}` is not a date or time"))?
+        }
+        (None, Some(c)) => {
+            let cfg = crate::config::Config::load(c)?;
+            let keep = cfg
+                .log
+                .retention
+                .ok_or_else(|| anyhow!("`{}` sets no `log.retention`", c.display()))?;
+            chrono::Utc::now()
+                - chrono::Duration::from_std(keep)
+                    .map_err(|_| anyhow!("`log.retention` is too long"))?
+        }
+        (None, None) => bail!("give `--before DATE` or `--config FILE` (with `log.retention`)"),
+    };
+    if !a.db.is_file() {
+        bail!("`{}` is not a decision log file", a.db.display());
+    }
+    let store = Store::open(&a.db).with_context(|| format!("opening `{}`", a.db.display()))?;
+    let r = crate::audit::archive::archive(&store, cutoff.timestamp_micros(), &a.out)?;
+    println!(
+        "archived records {}..={} ({} records, older than {}) to {}; the store now starts after record {}",
+        r.from_seq,
+        r.to_seq,
+        r.records,
+        format_jst(cutoff),
+        a.out.display(),
+        r.to_seq
+    );
+    Ok(EXIT_OK)
 }
 
 fn run_checkpoint(a: &CheckpointArgs) -> anyhow::Result<u8> {

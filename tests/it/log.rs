@@ -361,3 +361,87 @@ async fn answered_decisions_survive_kill_9() {
         assert!(report.ok(), "round {round}: {:?}", report.problem);
     }
 }
+
+/// A store whose record i (1-based) is stamped at second i.
+fn build_timed(dir: &Path) -> (Store, Vec<u8>) {
+    let (signer, public) = signer();
+    let mut store = Store::open(&dir.join("log.db")).unwrap();
+    let mut head = store.head().unwrap();
+    for batch in 0..(N / EVERY) {
+        let records: Vec<Record> = (1..=EVERY)
+            .map(|i| {
+                let mut r = Record::new(RecordKind::Decision);
+                r.time_us = ((batch * EVERY + i) * 1_000_000) as i64;
+                r
+            })
+            .collect();
+        head = store.append(head, &records).unwrap();
+        store.add_checkpoint(&signer.sign(head, 0)).unwrap();
+    }
+    (store, public)
+}
+
+#[test]
+fn archiving_keeps_both_halves_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build_timed(dir.path());
+    let archive = dir.path().join("archive.jsonl");
+    // Records 1..=59 are older than second 60; the last checkpoint among them is at 50.
+    let r = sekimori::audit::archive::archive(&store, 60_000_000, &archive).unwrap();
+    assert_eq!((r.from_seq, r.to_seq, r.records), (1, 50, 50));
+    assert_eq!(store.count().unwrap(), 50);
+    let report = verify(&store, Some(&key), None, |_| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+    assert_eq!(report.first_seq, Some(51));
+    let a = sekimori::audit::archive::verify_archive(&archive, Some(&key))
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.from_seq, a.to_seq), (1, 50));
+    // A second archive continues from the first one's last hash.
+    let archive2 = dir.path().join("archive2.jsonl");
+    let r2 = sekimori::audit::archive::archive(&store, 80_000_000, &archive2).unwrap();
+    assert_eq!((r2.from_seq, r2.to_seq), (51, 75));
+    assert!(verify(&store, Some(&key), None, |_| {}).unwrap().ok());
+    assert!(
+        sekimori::audit::archive::verify_archive(&archive2, Some(&key))
+            .unwrap()
+            .is_ok()
+    );
+    // Nothing older than the first checkpoint: nothing to archive.
+    assert!(
+        sekimori::audit::archive::archive(&store, 10_000_000, &dir.path().join("none.jsonl"))
+            .is_err()
+    );
+}
+
+#[test]
+fn a_tampered_archive_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, key) = build_timed(dir.path());
+    let archive = dir.path().join("archive.jsonl");
+    sekimori::audit::archive::archive(&store, 60_000_000, &archive).unwrap();
+    let text = std::fs::read_to_string(&archive).unwrap();
+    // Remove record 30's line.
+    let cut: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("\"seq\":30,"))
+        .collect();
+    std::fs::write(&archive, cut.join("\n") + "\n").unwrap();
+    let (seq, what) = sekimori::audit::archive::verify_archive(&archive, Some(&key))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(seq, 30, "{what}");
+    // Change one byte of record 12.
+    let changed = text.replacen(
+        "\"seq\":12,\"time_us\":12000000",
+        "\"seq\":12,\"time_us\":12000001",
+        1,
+    );
+    assert_ne!(changed, text);
+    std::fs::write(&archive, changed).unwrap();
+    let (seq, what) = sekimori::audit::archive::verify_archive(&archive, Some(&key))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(seq, 1, "{what}");
+    assert!(what.contains("1..=50"), "{what}");
+}
