@@ -8,8 +8,12 @@ use sekimori::audit::store::Store;
 use std::time::Instant;
 
 fn main() {
-    let n: u64 = std::env::var("RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let n: u64 = std::env::var("RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir =
+        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let path = dir.path().join("query.db");
     let mut store = Store::open(&path).unwrap();
     let mut head = store.head().unwrap();
@@ -23,8 +27,17 @@ fn main() {
                 let mut r = Record::new(RecordKind::Decision);
                 r.time_us = t0 + (k as i64) * 30_000_000; // one record every 30 s: ~347 days
                 r.system = Some(format!("y{:04}", k % 500));
-                r.subject = Some(SubjectRef { sub: format!("e{:05}", k % 20_000), section: Some(format!("s{:03}", k % 200)), kind: "staff".into(), contract: None });
-                r.asset = Some(AssetRef { id: format!("a{:06}", k % 100_000), tier: Some(["public", "internal", "secret"][(k % 3) as usize].into()), ..AssetRef::default() });
+                r.subject = Some(SubjectRef {
+                    sub: format!("e{:05}", k % 20_000),
+                    section: Some(format!("s{:03}", k % 200)),
+                    kind: "staff".into(),
+                    contract: None,
+                });
+                r.asset = Some(AssetRef {
+                    id: format!("a{:06}", k % 100_000),
+                    tier: Some(["public", "internal", "secret"][(k % 3) as usize].into()),
+                    ..AssetRef::default()
+                });
                 r.action = Some("read".into());
                 r.decision = Some(if k % 7 == 0 { "deny" } else { "allow" }.into());
                 r.reason = Some(if k % 7 == 0 { "no_permission" } else { "grant" }.into());
@@ -38,7 +51,10 @@ fn main() {
         i += batch.len() as u64;
         head = store.append(head, &batch).unwrap();
     }
-    eprintln!("filled {n} records in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "filled {n} records in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     drop(store);
     let store = Store::open_read_only(&path).unwrap();
     let time = |label: &str, f: &mut dyn FnMut() -> usize| {
@@ -52,11 +68,93 @@ fn main() {
         eprintln!("{label}: {got} rows, best of 5: {best:.2} ms");
     };
     let month = 30 * 24 * 3600 * 1_000_000i64;
-    time("query sub=e00042, newest 100", &mut || store.query(&Filter { sub: Some("e00042".into()), ..Filter::default() }, None, false, 100).unwrap().len());
-    time("query section=s007 in one month, 100", &mut || store.query(&Filter { section: Some("s007".into()), from_us: Some(t0 + 3 * month), until_us: Some(t0 + 4 * month), ..Filter::default() }, None, true, 100).unwrap().len());
-    time("query asset=a000042 deny, 100", &mut || store.query(&Filter { asset: Some("a000042".into()), decision: Some("deny".into()), ..Filter::default() }, None, false, 100).unwrap().len());
-    time("query reason=no_permission in one month, 100", &mut || store.query(&Filter { reason: Some("no_permission".into()), from_us: Some(t0 + month), until_us: Some(t0 + 2 * month), ..Filter::default() }, None, false, 100).unwrap().len());
-    time("get one record by id", &mut || usize::from(store.get(&ids[ids.len() / 2]).unwrap().is_some()));
-    time("summary by day over one month", &mut || store.summarize(&Filter { from_us: Some(t0 + month), until_us: Some(t0 + 2 * month), ..Filter::default() }, SummaryBy::Day).unwrap().len());
-    time("summary by reason for one section", &mut || store.summarize(&Filter { section: Some("s007".into()), ..Filter::default() }, SummaryBy::Reason).unwrap().len());
+    time("query sub=e00042, newest 100", &mut || {
+        store
+            .query(
+                &Filter {
+                    sub: Some("e00042".into()),
+                    ..Filter::default()
+                },
+                None,
+                false,
+                100,
+            )
+            .unwrap()
+            .len()
+    });
+    time("query section=s007 in one month, 100", &mut || {
+        store
+            .query(
+                &Filter {
+                    section: Some("s007".into()),
+                    from_us: Some(t0 + 3 * month),
+                    until_us: Some(t0 + 4 * month),
+                    ..Filter::default()
+                },
+                None,
+                true,
+                100,
+            )
+            .unwrap()
+            .len()
+    });
+    time("query asset=a000042 deny, 100", &mut || {
+        store
+            .query(
+                &Filter {
+                    asset: Some("a000042".into()),
+                    decision: Some("deny".into()),
+                    ..Filter::default()
+                },
+                None,
+                false,
+                100,
+            )
+            .unwrap()
+            .len()
+    });
+    time("query reason=no_permission in one month, 100", &mut || {
+        store
+            .query(
+                &Filter {
+                    reason: Some("no_permission".into()),
+                    from_us: Some(t0 + month),
+                    until_us: Some(t0 + 2 * month),
+                    ..Filter::default()
+                },
+                None,
+                false,
+                100,
+            )
+            .unwrap()
+            .len()
+    });
+    time("get one record by id", &mut || {
+        usize::from(store.get(&ids[ids.len() / 2]).unwrap().is_some())
+    });
+    time("summary by day over one month", &mut || {
+        store
+            .summarize(
+                &Filter {
+                    from_us: Some(t0 + month),
+                    until_us: Some(t0 + 2 * month),
+                    ..Filter::default()
+                },
+                SummaryBy::Day,
+            )
+            .unwrap()
+            .len()
+    });
+    time("summary by reason for one section", &mut || {
+        store
+            .summarize(
+                &Filter {
+                    section: Some("s007".into()),
+                    ..Filter::default()
+                },
+                SummaryBy::Reason,
+            )
+            .unwrap()
+            .len()
+    });
 }

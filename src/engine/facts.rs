@@ -145,7 +145,7 @@ impl Facts {
         idx: &Index,
         at: Instant,
         state: &RuntimeState,
-        location: &dyn Fn(Span) -> Location,
+        location: &dyn Fn(Span) -> Option<Location>,
     ) -> Facts {
         let bundle = idx.bundle;
         let mut facts = Facts {
@@ -198,7 +198,7 @@ impl Facts {
             let order = u32::try_from(facts.grant_sources.len()).unwrap_or(u32::MAX);
             facts.grant_sources.push(RuleSource {
                 id: Arc::from(g.id.value.as_str()),
-                location: Some(location(g.id.span)),
+                location: location(g.id.span),
             });
             let actions = g.actions.iter().fold(0u8, |m, a| m | a.value.bit());
             let purposes: Arc<[String]> = g.purposes.iter().map(|p| p.value.clone()).collect();
@@ -271,7 +271,7 @@ impl Facts {
             facts.lockdowns.push(ActiveLockdown {
                 source: RuleSource {
                     id: Arc::from(l.id.value.as_str()),
-                    location: Some(location(l.id.span)),
+                    location: location(l.id.span),
                 },
                 assets,
                 systems: l.scope.systems.iter().map(|s| s.value.clone()).collect(),
@@ -295,7 +295,7 @@ impl Facts {
             facts.emergencies.push(ActiveEmergency {
                 source: RuleSource {
                     id: Arc::from(e.id.value.as_str()),
-                    location: Some(location(e.id.span)),
+                    location: location(e.id.span),
                 },
                 assets,
                 users: e.responder_users.iter().map(|u| u.value.clone()).collect(),

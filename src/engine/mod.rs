@@ -97,7 +97,9 @@ impl Snapshot {
         }
         let bundle = &loaded.bundle;
         let idx = Index::new(bundle);
-        let facts = Facts::build(&idx, at, state, &|span| bundle.sources.location(span));
+        let facts = Facts::build(&idx, at, state, &|span| {
+            (!span.is_none()).then(|| bundle.sources.location(span))
+        });
         Snapshot::from_facts(facts)
     }
 

@@ -17,6 +17,17 @@ pub struct Span {
 }
 
 impl Span {
+    /// A span of something no file says (runtime state declared through the API).
+    pub const NONE: Span = Span {
+        file: FileId::MAX,
+        start: 0,
+        end: 0,
+    };
+
+    pub fn is_none(&self) -> bool {
+        self.file == FileId::MAX
+    }
+
     pub fn new(file: FileId, start: usize, end: usize) -> Self {
         let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Span {
