@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/sekimori/v1/access.proto",
         "proto/sekimori/v1/audit.proto",
+        "proto/sekimori/v1/admin.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

@@ -10,11 +10,11 @@ use crate::audit::record::RecordKind;
 use crate::audit::writer::{CheckpointPolicy, LogWriter, lifecycle};
 use crate::auth::token::{JwksError, TokenVerifier};
 use crate::config::Config;
-use crate::engine::{CompileError, Snapshot};
+use crate::engine::CompileError;
+use crate::living::Living;
 use crate::pdp::{DecisionLog, Pdp};
-use crate::policy::Loaded;
-use crate::policy::model::RuntimeState;
 use crate::server::{StartError, TlsMaterial};
+use crate::state::StateFile;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,10 @@ pub enum AppError {
     },
     #[error("the decision log cannot commit; refusing to serve without it")]
     LogUnavailable,
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot watch the policy directory `{dir}`: {message}")]
+    Watch { dir: String, message: String },
 }
 
 /// Everything the service needs, built and checked, not yet listening.
@@ -54,7 +58,8 @@ pub struct App {
     pub log: LogWriter,
     /// The public half of the checkpoint key (for VerifyLog).
     pub checkpoint_public_key: Vec<u8>,
-    loaded: Arc<Loaded>,
+    /// Files, runtime state and time → the snapshot in force.
+    pub living: Arc<Living>,
 }
 
 impl std::fmt::Debug for App {
@@ -104,8 +109,16 @@ impl App {
             }
         })?;
         let pdp = Arc::new(Pdp::new(Arc::new(log.clone()) as Arc<dyn DecisionLog>));
-        let snapshot = Snapshot::compile(&loaded, chrono::Utc::now(), &RuntimeState::default())?;
-        pdp.install(snapshot);
+        let state_path = config.data_dir.join("state.json");
+        let mut state = StateFile::load(&state_path)?;
+        state.prune(chrono::Utc::now());
+        let living = Arc::new(Living::start(
+            config.policy_dir.clone(),
+            state_path,
+            pdp.clone(),
+            loaded,
+            state,
+        )?);
         Ok(App {
             config,
             pdp,
@@ -113,7 +126,7 @@ impl App {
             tls,
             log,
             checkpoint_public_key,
-            loaded: Arc::new(loaded),
+            living,
         })
     }
 
@@ -151,21 +164,31 @@ impl App {
             .record_event(start)
             .await
             .map_err(|_| AppError::LogUnavailable)?;
-        let refresher = tokio::spawn(refresh_at_windows(self.pdp.clone(), self.loaded.clone()));
+        let refresher = tokio::spawn(refresh_at_windows(self.living.clone()));
+        let watcher = watch_policy_dir(self.living.clone(), &self.config.policy_dir)?;
+        let hangup = tokio::spawn(reload_on_sighup(self.living.clone()));
         let audit = crate::server::audit::AuditService::new(
             self.pdp.clone(),
             self.tokens.clone(),
             self.config.log.path.clone(),
             self.checkpoint_public_key.clone(),
         );
+        let admin = crate::server::admin::AdminService::new(
+            self.living.clone(),
+            self.tokens.clone(),
+            Some(self.log.clone()),
+        );
         let parts = crate::server::Parts {
             pdp: self.pdp.clone(),
             tokens: self.tokens.clone(),
             log_healthy: Some(self.log.healthy()),
             audit: Some(audit),
+            admin: Some(admin),
         };
         let result = crate::server::serve(&self.config, &self.tls, parts, listener, shutdown).await;
         refresher.abort();
+        hangup.abort();
+        drop(watcher);
         let mut stop = lifecycle(RecordKind::Stop, "sekimori stopped");
         stop.policy_version = Some(version);
         // A stop that cannot be recorded shows in verification as a start without a stop.
@@ -178,29 +201,75 @@ impl App {
 /// wall clock that jumped).
 const MAX_SNAPSHOT_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-async fn refresh_at_windows(pdp: Arc<Pdp>, loaded: Arc<Loaded>) {
+async fn refresh_at_windows(living: Arc<Living>) {
     loop {
-        let next = pdp.snapshot().and_then(|s| s.facts().next_change);
+        let next = living.pdp().snapshot().and_then(|s| s.facts().next_change);
         let wait = next
             .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
             .map_or(MAX_SNAPSHOT_AGE, |d| d.min(MAX_SNAPSHOT_AGE));
         tokio::time::sleep(wait + std::time::Duration::from_millis(1)).await;
-        let loaded = loaded.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            Snapshot::compile(&loaded, chrono::Utc::now(), &RuntimeState::default())
-        })
-        .await;
-        match compiled {
-            Ok(Ok(snapshot)) => pdp.install(snapshot),
-            // Keep serving the last good snapshot; try again after the next wait.
-            Ok(Err(e)) => eprintln!(
+        // On failure the last good snapshot keeps serving; the next wait tries again.
+        if let Err(e) = living.recompile().await {
+            eprintln!(
                 "sekimori: recompiling the policy failed, keeping the last good version: {e}"
-            ),
-            Err(_) => {
-                eprintln!("sekimori: recompiling the policy failed, keeping the last good version")
-            }
+            );
         }
     }
+}
+
+/// How long file events are gathered before one reload (editors, `git checkout`).
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Watches the policy directory; any change (rename-saves, checkouts, ConfigMap symlink
+/// swaps) triggers one debounced reload of the whole bundle.
+fn watch_policy_dir(
+    living: Arc<Living>,
+    dir: &std::path::Path,
+) -> Result<
+    notify_debouncer_full::Debouncer<
+        notify_debouncer_full::notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+    AppError,
+> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        RELOAD_DEBOUNCE,
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = tx.send(());
+            }
+        },
+    )
+    .map_err(|e| AppError::Watch {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    debouncer
+        .watch(dir, notify_debouncer_full::notify::RecursiveMode::Recursive)
+        .map_err(|e| AppError::Watch {
+            dir: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Coalesce what arrived meanwhile into this one reload.
+            while rx.try_recv().is_ok() {}
+            living.reload_files("file change").await;
+        }
+    });
+    Ok(debouncer)
+}
+
+async fn reload_on_sighup(living: Arc<Living>) {
+    #[cfg(unix)]
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        while hup.recv().await.is_some() {
+            living.reload_files("SIGHUP").await;
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -2,6 +2,7 @@
 //! reflection, graceful shutdown. Errors become `tonic::Status` in one place
 //! ([`status_of`]); messages to clients are short and never carry internals.
 
+pub mod admin;
 pub mod audit;
 pub mod proto;
 
@@ -451,6 +452,7 @@ pub struct Parts {
     pub log_healthy: Option<tokio::sync::watch::Receiver<bool>>,
     /// The audit service, when the decision log is durable.
     pub audit: Option<audit::AuditService>,
+    pub admin: Option<admin::AdminService>,
 }
 
 /// Builds the server and serves on `listener` until `shutdown` resolves; then reports
@@ -467,6 +469,7 @@ pub async fn serve(
         tokens,
         log_healthy,
         audit,
+        admin,
     } = parts;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -529,6 +532,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(access)
         .add_optional_service(audit.map(proto::audit_server::AuditServer::new))
+        .add_optional_service(admin.map(proto::admin_server::AdminServer::new))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             signal,

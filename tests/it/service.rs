@@ -25,7 +25,14 @@ struct TestServer {
 impl TestServer {
     async fn start() -> TestServer {
         let data = tempfile::tempdir().unwrap();
-        let policies = repo().join("policies");
+        // A copy: reload tests edit it while the server watches it.
+        crate::support::overlay(&repo().join("policies"), &data.path().join("policies"));
+        TestServer::start_in(data).await
+    }
+
+    /// Starts on an existing data directory (with its `policies/` copy): a restart.
+    async fn start_in(data: tempfile::TempDir) -> TestServer {
+        let policies = data.path().join("policies");
         let loaded = sekimori::policy::load(&policies, chrono::Utc::now());
         let systems: Vec<(String, String)> = loaded
             .bundle
@@ -112,7 +119,12 @@ impl TestServer {
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        let _ = self.stop_keeping_data().await;
+    }
+
+    /// Stops gracefully and hands back the data directory, for a restart.
+    async fn stop_keeping_data(mut self) -> tempfile::TempDir {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -120,6 +132,7 @@ impl TestServer {
             .await
             .unwrap()
             .unwrap();
+        self.data
     }
 }
 
@@ -1116,6 +1129,394 @@ mod audit_api {
             audits, 2,
             "each admitted audit call is recorded with the auditor"
         );
+        server.stop().await;
+    }
+}
+
+mod living {
+    use super::*;
+    use sekimori::server::proto;
+    use sekimori::server::proto::admin_client::AdminClient;
+    use sekimori::server::proto::{
+        DeclareEmergencyRequest, DeclareLockdownRequest, EndRequest, GetStatusRequest,
+        ReloadRequest,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    async fn admin(server: &TestServer) -> AdminClient<Channel> {
+        let p = server.paths();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
+            .identity(Identity::from_pem(
+                std::fs::read(p.operator_cert()).unwrap(),
+                std::fs::read(p.operator_key()).unwrap(),
+            ))
+            .domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AdminClient::new(channel)
+    }
+
+    fn op(server: &TestServer, sub: &str, roles: &[&str]) -> String {
+        devpki::sign_token(
+            &server.key_pem(),
+            &TokenClaims {
+                sub: sub.into(),
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                ttl_secs: 600,
+                ..TokenClaims::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+
+    async fn reason(server: &TestServer, sub: &str, asset: &str, extra: Option<&str>) -> String {
+        let mut c = server.client("juki").await;
+        let mut req = check(
+            server.token(sub, Some("shimin"), &["pwd", "fpt"]),
+            asset,
+            "read",
+            true,
+            "jumin-kiroku",
+        );
+        if let Some(r) = extra {
+            req.env.as_mut().unwrap().break_glass_reason = r.into();
+        }
+        c.check(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap()
+            .reason
+    }
+
+    const NEW_GRANT: &str = "  - { id: inkan-new-staff, subjects: { users: [e1030] }, assets: [juki-inkan], actions: [read], valid_from: 2026-04-01, valid_until: 2027-04-01, approved_by: e1001 }\n";
+
+    /// Reloads under continuous load: no request fails, a broken edit changes nothing,
+    /// and the error shows in status; a fix is picked up.
+    #[tokio::test]
+    async fn reload_under_load_with_a_broken_edit_in_between() {
+        let server = TestServer::start().await;
+        let grants = server.data.path().join("policies/grants/shimin.yaml");
+        let original = std::fs::read_to_string(&grants).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let mut c = server.client("juki").await;
+            let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            load.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match c
+                        .check(check(
+                            token.clone(),
+                            "juki-main",
+                            "read",
+                            true,
+                            "jumin-kiroku",
+                        ))
+                        .await
+                    {
+                        Ok(r) if r.get_ref().decision.as_ref().is_some_and(|d| d.allow) => {
+                            ok.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }));
+        }
+        assert_eq!(
+            reason(&server, "e1030", "juki-inkan", None).await,
+            "no_permission"
+        );
+        // A valid edit, saved by rename as editors do.
+        let tmp = grants.with_extension("yaml.swp");
+        std::fs::write(&tmp, format!("{original}{NEW_GRANT}")).unwrap();
+        std::fs::rename(&tmp, &grants).unwrap();
+        let mut picked_up = false;
+        for _ in 0..100 {
+            if reason(&server, "e1030", "juki-inkan", None).await == "grant" {
+                picked_up = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(picked_up, "the watcher did not pick up the edit");
+        // A broken edit: the last good version keeps serving.
+        std::fs::write(
+            &grants,
+            format!("{original}{NEW_GRANT}  - {{ id: broken, subjects: [\n"),
+        )
+        .unwrap();
+        let mut a = admin(&server).await;
+        let admin_token = op(&server, "e4299", &["security_admin"]);
+        let mut invalid = None;
+        for _ in 0..100 {
+            let st = a
+                .get_status(authed(GetStatusRequest {}, &admin_token))
+                .await
+                .unwrap()
+                .into_inner();
+            if st
+                .last_reload
+                .as_ref()
+                .is_some_and(|r| r.outcome == "invalid")
+            {
+                invalid = st.last_reload;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let invalid = invalid.expect("status shows the broken edit");
+        assert!(
+            invalid
+                .diagnostics
+                .iter()
+                .any(|d| d.code == "policy::yaml::syntax"
+                    && d.location.starts_with("grants/shimin.yaml:")),
+            "{invalid:?}"
+        );
+        assert_eq!(
+            reason(&server, "e1030", "juki-inkan", None).await,
+            "grant",
+            "a broken edit never changes a decision"
+        );
+        // The fix, through the Reload RPC.
+        std::fs::write(&grants, &original).unwrap();
+        let r = a
+            .reload(authed(ReloadRequest {}, &admin_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .outcome
+            .unwrap();
+        assert_eq!(r.outcome, "ok");
+        assert_eq!(
+            reason(&server, "e1030", "juki-inkan", None).await,
+            "no_permission"
+        );
+        stop.store(true, Ordering::Relaxed);
+        for t in load {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            failed.load(Ordering::Relaxed),
+            0,
+            "requests failed during reloads"
+        );
+        assert!(ok.load(Ordering::Relaxed) > 50);
+        let st = store(&server);
+        let reloads: i64 = st
+            .connection()
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE kind = 'reload'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(reloads >= 3, "every reload is recorded: {reloads}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn lockdowns_and_emergencies_take_effect_at_once_with_their_roles() {
+        let server = TestServer::start().await;
+        let mut a = admin(&server).await;
+        let ciso = op(&server, "e0001", &["ciso"]);
+        let secadmin = op(&server, "e4299", &["security_admin"]);
+        let auditor = op(&server, "a9001", &["auditor"]);
+        let staff = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+        let lockdown = || DeclareLockdownRequest {
+            lockdown: Some(proto::Lockdown {
+                id: "ld-juki".into(),
+                systems: vec!["juki".into()],
+                reason: "不正アクセスの疑い".into(),
+                ..Default::default()
+            }),
+        };
+        for (who, token) in [("staff", &staff), ("auditor", &auditor)] {
+            let s = a
+                .declare_lockdown(authed(lockdown(), token))
+                .await
+                .unwrap_err();
+            assert_eq!(s.code(), Code::PermissionDenied, "{who}");
+        }
+        assert_eq!(reason(&server, "e1010", "juki-main", None).await, "grant");
+        a.declare_lockdown(authed(lockdown(), &secadmin))
+            .await
+            .unwrap();
+        // The very next Check.
+        assert_eq!(
+            reason(&server, "e1010", "juki-main", None).await,
+            "lockdown"
+        );
+        assert_eq!(
+            a.declare_lockdown(authed(lockdown(), &secadmin))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            a.lift_lockdown(authed(
+                EndRequest {
+                    id: "ld-juki".into()
+                },
+                &secadmin
+            ))
+            .await
+            .unwrap_err()
+            .code(),
+            Code::PermissionDenied
+        );
+        let st = a
+            .get_status(authed(GetStatusRequest {}, &auditor))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.lockdowns.len(), 1);
+        assert_eq!(st.lockdowns[0].declared_by, "e4299");
+        assert_eq!(st.assets, 47);
+        assert!(
+            st.files
+                .iter()
+                .any(|f| f.path == "grants/shimin.yaml" && f.sha256.len() == 64)
+        );
+        a.lift_lockdown(authed(
+            EndRequest {
+                id: "ld-juki".into(),
+            },
+            &ciso,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(reason(&server, "e1010", "juki-main", None).await, "grant");
+        assert_eq!(
+            a.lift_lockdown(authed(
+                EndRequest {
+                    id: "ld-juki".into()
+                },
+                &ciso
+            ))
+            .await
+            .unwrap_err()
+            .code(),
+            Code::NotFound
+        );
+
+        let until = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
+        let emergency = |hours_until: &str| DeclareEmergencyRequest {
+            emergency: Some(proto::Emergency {
+                id: "em-quake".into(),
+                all: true,
+                responder_users: vec!["e1020".into()],
+                reason: "震度6弱".into(),
+                until: hours_until.into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            a.declare_emergency(authed(emergency(&until), &secadmin))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        let too_long = (chrono::Utc::now() + chrono::Duration::hours(100)).to_rfc3339();
+        assert_eq!(
+            a.declare_emergency(authed(emergency(&too_long), &ciso))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            reason(&server, "e1020", "juki-main", Some("安否確認")).await,
+            "no_permission"
+        );
+        a.declare_emergency(authed(emergency(&until), &ciso))
+            .await
+            .unwrap();
+        assert_eq!(
+            reason(&server, "e1020", "juki-main", Some("安否確認")).await,
+            "break_glass"
+        );
+        a.end_emergency(authed(
+            EndRequest {
+                id: "em-quake".into(),
+            },
+            &ciso,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            reason(&server, "e1020", "juki-main", Some("安否確認")).await,
+            "no_permission"
+        );
+        let st = store(&server);
+        let admins: i64 = st
+            .connection()
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE kind = 'admin'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(admins, 4, "declare, lift, declare, end are recorded");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn state_survives_a_restart() {
+        let server = TestServer::start().await;
+        let mut a = admin(&server).await;
+        let secadmin = op(&server, "e4299", &["security_admin"]);
+        a.declare_lockdown(authed(
+            DeclareLockdownRequest {
+                lockdown: Some(proto::Lockdown {
+                    id: "ld-shimin".into(),
+                    sections: vec!["shimin".into()],
+                    exempt: vec!["e0001".into()],
+                    reason: "調査中".into(),
+                    ..Default::default()
+                }),
+            },
+            &secadmin,
+        ))
+        .await
+        .unwrap();
+        let data = server.stop_keeping_data().await;
+        let server = TestServer::start_in(data).await;
+        assert_eq!(
+            reason(&server, "e1010", "juki-main", None).await,
+            "lockdown"
+        );
+        let mut a = admin(&server).await;
+        let st = a
+            .get_status(authed(
+                GetStatusRequest {},
+                &op(&server, "a9001", &["auditor"]),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(st.lockdowns.len(), 1);
+        assert_eq!(st.lockdowns[0].exempt, ["e0001"]);
         server.stop().await;
     }
 }

@@ -13,6 +13,7 @@ pub fn repo() -> PathBuf {
 
 /// Copies `from` into `to` recursively; a file `x.delete` removes `x` instead.
 pub fn overlay(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
