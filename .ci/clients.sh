@@ -54,6 +54,16 @@ grep -q '住民基本台帳データ(juki-main)' "$work/query.out"
 head -c 3 "$work/export.csv" | od -An -tx1 | grep -q 'ef bb bf' || { echo "CSV export lacks the UTF-8 BOM"; exit 1; }
 grep -q '"e1010"' "$work/export.csv"
 "$bin" audit verify "${A[@]}"
+echo "-- the admin CLI: a lockdown applies to the next check, then is lifted"
+"$bin" admin lockdown declare "${A[@]}" --as security_admin --id ld-ci --systems juki --reason "CI drill"
+set +e
+"$bin" check --dev --data "$work/data" --addr "https://127.0.0.1:$port" --system juki --sub e1010 --section shimin \
+  --amr pwd,fpt --asset juki-tokei --action read | tee "$work/locked.out"
+code=$?
+set -e
+[ "$code" = 5 ] && grep -q lockdown "$work/locked.out" || { echo "the lockdown did not apply"; exit 1; }
+"$bin" admin lockdown lift "${A[@]}" ld-ci
+"$bin" admin status "${A[@]}" --as auditor
 kill -TERM "$pid"; wait "$pid" || true; pid=""
 "$bin" audit verify --db "$work/data/decisions.db" --public-key "$dev/checkpoint-key.pub"
 echo "auditors' CLI: query, summary, export (CSV with BOM) and verify (online and offline) work"

@@ -237,7 +237,8 @@ fn watch_policy_dir(
         RELOAD_DEBOUNCE,
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
+            // Only changes count: reading the files (access events) must not reload.
+            if result.is_ok_and(|events| events.iter().any(|e| is_change(&e.event.kind))) {
                 let _ = tx.send(());
             }
         },
@@ -260,6 +261,16 @@ fn watch_policy_dir(
         }
     });
     Ok(debouncer)
+}
+
+fn is_change(kind: &notify_debouncer_full::notify::EventKind) -> bool {
+    use notify_debouncer_full::notify::EventKind;
+    use notify_debouncer_full::notify::event::{MetadataKind, ModifyKind};
+    match kind {
+        EventKind::Access(_) | EventKind::Other => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+    }
 }
 
 async fn reload_on_sighup(living: Arc<Living>) {

@@ -253,6 +253,12 @@ impl FilterArgs {
 }
 
 async fn connect(c: &Connection) -> anyhow::Result<(AuditClient<Channel>, String)> {
+    let (channel, token) = connect_channel(c, "auditor").await?;
+    Ok((AuditClient::new(channel), token))
+}
+
+/// An operator channel and token; in dev mode the token is minted with `dev_role`.
+pub async fn connect_channel(c: &Connection, dev_role: &str) -> anyhow::Result<(Channel, String)> {
     let paths = DevPaths::new(&c.data);
     let (ca, cert, key) = if c.dev {
         (paths.ca_cert(), paths.operator_cert(), paths.operator_key())
@@ -276,8 +282,8 @@ async fn connect(c: &Connection) -> anyhow::Result<(AuditClient<Channel>, String
             devpki::sign_token(
                 &key_pem,
                 &TokenClaims {
-                    sub: String::from("auditor-dev"),
-                    roles: vec![String::from("auditor")],
+                    sub: format!("{dev_role}-dev"),
+                    roles: vec![dev_role.to_string()],
                     ttl_secs: 600,
                     ..TokenClaims::default()
                 },
@@ -297,17 +303,17 @@ async fn connect(c: &Connection) -> anyhow::Result<(AuditClient<Channel>, String
         .connect()
         .await
         .with_context(|| format!("connecting to {}", c.addr))?;
-    Ok((AuditClient::new(channel), token))
+    Ok((channel, token))
 }
 
-fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+pub fn authed<T>(msg: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
     Ok(r)
 }
 
-fn status(s: tonic::Status) -> anyhow::Error {
+pub fn status(s: tonic::Status) -> anyhow::Error {
     anyhow!(
         "the service answered {:?}: {}",
         s.code(),

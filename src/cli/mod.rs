@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok, 1 error, 2 usage, 3 policy invalid or tests failed, 4 log
 //! verification failed, 5 check denied.
 
+mod admin_cmd;
 mod audit_cmd;
 mod policy_cmd;
 mod service_cmd;
@@ -40,9 +41,12 @@ enum Command {
     Serve(service_cmd::ServeArgs),
     /// Ask a running sekimori for one decision and print it (exit 5 on deny).
     Check(service_cmd::CheckArgs),
-    /// The decision log: verify it, export its checkpoint (offline, on the store file).
+    /// The decision log, for auditors: query, export, summarize, verify.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
+    /// Operate a running sekimori: status, reload, emergencies, lockdowns.
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCommand),
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -71,6 +75,7 @@ pub fn run() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Serve(args) => service_cmd::run_serve(&args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
+        Command::Admin(cmd) => admin_cmd::run(cmd),
         Command::Check(args) => service_cmd::run_check(&args),
         Command::Dev(DevCommand::Generate(args)) => crate::generate::run(&args).map(|()| EXIT_OK),
         Command::Dev(DevCommand::Init(args)) => service_cmd::run_dev_init(&args),

@@ -1244,6 +1244,18 @@ mod living {
             reason(&server, "e1030", "juki-inkan", None).await,
             "no_permission"
         );
+        // Reading the files (every reload does) must not look like a change: no reloads
+        // while nothing changes.
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        let idle: i64 = store(&server)
+            .connection()
+            .query_row(
+                "SELECT COUNT(*) FROM records WHERE kind = 'reload'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(idle, 0, "reloads without any change");
         // A valid edit, saved by rename as editors do.
         let tmp = grants.with_extension("yaml.swp");
         std::fs::write(&tmp, format!("{original}{NEW_GRANT}")).unwrap();
