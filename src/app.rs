@@ -45,6 +45,8 @@ pub enum AppError {
     LogUnavailable,
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error("cannot serve metrics on {addr}: {message}")]
+    Metrics { addr: String, message: String },
     #[error("cannot watch the policy directory `{dir}`: {message}")]
     Watch { dir: String, message: String },
 }

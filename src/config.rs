@@ -33,6 +33,15 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,7 +170,11 @@ pub struct Config {
     pub tokens: TokenConfig,
     pub log: LogConfig,
     pub limits: Limits,
+    /// Where Prometheus metrics are served (plain HTTP; loopback by default); `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// Largest batch the API accepts (SPEC §9).
@@ -250,6 +263,20 @@ impl Config {
                 }
             },
         };
+        let metrics_text = raw
+            .metrics
+            .listen
+            .clone()
+            .unwrap_or_else(|| DEFAULT_METRICS_LISTEN.to_string());
+        let metrics = match metrics_text.parse::<SocketAddr>() {
+            Ok(a) => raw.metrics.enabled.unwrap_or(true).then_some(a),
+            Err(_) => {
+                problems.push(format!(
+                    "`metrics.listen`: `{metrics_text}` is not an address like 127.0.0.1:9464"
+                ));
+                None
+            }
+        };
         let listen_text = raw
             .listen
             .clone()
@@ -310,6 +337,7 @@ impl Config {
                 max_bytes,
                 claims: raw.tokens.claims,
             },
+            metrics,
             limits: Limits {
                 max_message_bytes: raw
                     .limits

@@ -323,6 +323,8 @@ pub fn dev_config(
             retention: None,
         },
         limits: Limits::default(),
+        // `serve --dev` turns them on; tests run many servers in one process.
+        metrics: None,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod devpki;
 pub mod engine;
 pub mod generate;
 pub mod living;
+pub mod metrics;
 pub mod pdp;
 pub mod policy;
 pub mod server;

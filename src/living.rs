@@ -255,6 +255,7 @@ impl Living {
         ));
         // A reload that cannot be recorded still happened; the log's health shows why.
         let _ = self.pdp.record_event(r).await;
+        crate::metrics::reload(outcome.outcome);
         if let Ok(mut last) = self.last_reload.write() {
             *last = Some(outcome.clone());
         }

@@ -144,6 +144,14 @@ impl Pdp {
 
     /// Swaps in a new snapshot; requests in flight keep the one they loaded.
     pub fn install(&self, snapshot: Snapshot) {
+        let new_version = snapshot.version().to_string();
+        if let Some(old) = self.snapshot.load().as_ref() {
+            if **old.version() != *new_version {
+                metrics::gauge!("sekimori_policy_info", "version" => old.version().to_string())
+                    .set(0.0);
+            }
+        }
+        crate::metrics::policy_version(&new_version);
         self.snapshot.store(Some(Arc::new(snapshot)));
     }
 
@@ -244,6 +252,7 @@ impl Pdp {
                 decision_id: new_decision_id(),
                 decision: snap.decide(&req),
             };
+            crate::metrics::decision(answer.decision.allow, answer.decision.reason.as_str());
             records.push(Self::record(system, subject, q, &answer));
             answers.push(answer);
         }

@@ -121,8 +121,11 @@ impl LogWriter {
                     if group.is_empty() {
                         continue;
                     }
-                    match store.append(head, &group) {
+                    let started = Instant::now();
+                    let result = store.append(head, &group);
+                    match result {
                         Ok(new_head) => {
+                            crate::metrics::log_commit(started.elapsed(), group.len());
                             head = new_head;
                             thread_stats
                                 .committed_records
@@ -157,6 +160,7 @@ impl LogWriter {
                             }
                         }
                         Err(_) => {
+                            crate::metrics::log_commit_failed();
                             thread_stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                             if !unhealthy.swap(true, Ordering::SeqCst) {
                                 let _ = health_tx.send(false);
@@ -188,6 +192,7 @@ impl LogWriter {
             .send(Message::Append(records, reply))
             .await
             .map_err(|_| LogError)?;
+        crate::metrics::log_queue_depth(self.tx.max_capacity() - self.tx.capacity());
         rx.await.map_err(|_| LogError)?
     }
 

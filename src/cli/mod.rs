@@ -47,9 +47,18 @@ enum Command {
     /// Operate a running sekimori: status, reload, emergencies, lockdowns.
     #[command(subcommand)]
     Admin(admin_cmd::AdminCommand),
+    /// Check a configuration file: every problem with its key path.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Development helpers.
     #[command(subcommand)]
     Dev(DevCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Parse and validate FILE, and check that the files it names can be read.
+    Check { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +69,49 @@ enum DevCommand {
     Init(service_cmd::DevInitArgs),
     /// Mint a development subject token signed with the development key.
     Token(service_cmd::DevTokenArgs),
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<u8> {
+    let cfg = match crate::config::Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{e}");
+            return Ok(EXIT_POLICY);
+        }
+    };
+    let mut problems = Vec::new();
+    for (key, path) in [
+        ("tls.cert", &cfg.tls.cert),
+        ("tls.key", &cfg.tls.key),
+        ("tls.client_ca", &cfg.tls.client_ca),
+        ("tokens.jwks_file", &cfg.tokens.jwks_file),
+        ("log.checkpoint_key", &cfg.log.checkpoint_key),
+    ] {
+        if let Err(e) = std::fs::metadata(path) {
+            problems.push(format!("`{key}`: `{}`: {}", path.display(), e.kind()));
+        }
+    }
+    if !cfg.policy_dir.is_dir() {
+        problems.push(format!(
+            "`policy_dir`: `{}` is not a directory",
+            cfg.policy_dir.display()
+        ));
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: OK (listen {}, policies {}, log {})",
+            file.display(),
+            cfg.listen,
+            cfg.policy_dir.display(),
+            cfg.log.path.display()
+        );
+        Ok(EXIT_OK)
+    } else {
+        for p in &problems {
+            println!("{}: {p}", file.display());
+        }
+        Ok(EXIT_POLICY)
+    }
 }
 
 /// Parses arguments, runs the command, maps the outcome to an exit code.
@@ -76,6 +128,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => service_cmd::run_serve(&args),
         Command::Audit(cmd) => audit_cmd::run(cmd),
         Command::Admin(cmd) => admin_cmd::run(cmd),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
         Command::Check(args) => service_cmd::run_check(&args),
         Command::Dev(DevCommand::Generate(args)) => crate::generate::run(&args).map(|()| EXIT_OK),
         Command::Dev(DevCommand::Init(args)) => service_cmd::run_dev_init(&args),

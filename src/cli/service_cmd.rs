@@ -190,7 +190,9 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<u8> {
                     DevPaths::new(&a.data).dir.display()
                 );
             }
-            devpki::dev_config(&a.data, &a.policies, crate::config::DEFAULT_LISTEN)?
+            let mut c = devpki::dev_config(&a.data, &a.policies, crate::config::DEFAULT_LISTEN)?;
+            c.metrics = crate::config::DEFAULT_METRICS_LISTEN.parse().ok();
+            c
         }
         (None, false) => bail!("give `--config FILE`, or `--dev` for the development setup"),
     };
@@ -211,6 +213,9 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<u8> {
         if let Some(s) = &snap {
             let c = s.facts().counts;
             println!("  policy {} from {}: {} systems, {} assets, {} grants in force", s.version(), app.config.policy_dir.display(), c.systems, c.assets, c.effective_grants);
+        }
+        if let Some(m) = app.config.metrics {
+            println!("  metrics: http://{m}/metrics");
         }
         println!("  decision log: {} (every answer is committed and fsync'd before it is sent)", app.config.log.path.display());
         if a.dev {

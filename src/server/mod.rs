@@ -113,6 +113,27 @@ impl TlsMaterial {
     }
 }
 
+/// Records how long an access call took, whatever its outcome.
+struct CallTimer {
+    call: &'static str,
+    started: std::time::Instant,
+}
+
+impl CallTimer {
+    fn start(call: &'static str) -> Self {
+        CallTimer {
+            call,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for CallTimer {
+    fn drop(&mut self) {
+        crate::metrics::check_latency(self.call, self.started.elapsed());
+    }
+}
+
 /// The one mapping from failures to gRPC status.
 pub fn status_of(e: &PdpError) -> Status {
     match e {
@@ -275,6 +296,7 @@ impl AccessService {
                     .chars()
                     .take(256)
                     .collect();
+                crate::metrics::rejection("unregistered_certificate");
                 self.pdp
                     .record_rejection(
                         None,
@@ -295,6 +317,7 @@ impl AccessService {
         match self.tokens.verify(token) {
             Ok(v) => Ok(v.subject),
             Err(e) => {
+                crate::metrics::rejection(e.cause());
                 self.pdp
                     .record_rejection(
                         Some(system),
@@ -324,6 +347,7 @@ impl Access for AccessService {
         req: Request<proto::CheckRequest>,
     ) -> Result<Response<proto::CheckResponse>, Status> {
         let _permit = self.permit()?;
+        let _timer = CallTimer::start("check");
         let system = self.caller(&req).await?;
         let r = req.into_inner();
         let subject = self.subject(&system, &r.subject_token).await?;
@@ -351,6 +375,7 @@ impl Access for AccessService {
         req: Request<proto::BatchCheckRequest>,
     ) -> Result<Response<proto::BatchCheckResponse>, Status> {
         let _permit = self.permit()?;
+        let _timer = CallTimer::start("batch_check");
         let system = self.caller(&req).await?;
         let r = req.into_inner();
         let subject = self.subject(&system, &r.subject_token).await?;
@@ -384,6 +409,7 @@ impl Access for AccessService {
         req: Request<proto::ListAccessibleRequest>,
     ) -> Result<Response<proto::ListAccessibleResponse>, Status> {
         let _permit = self.permit()?;
+        let _timer = CallTimer::start("list_accessible");
         let system = self.caller(&req).await?;
         let r = req.into_inner();
         let subject = self.subject(&system, &r.subject_token).await?;

@@ -1532,3 +1532,58 @@ mod living {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_and_move() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    sekimori::metrics::install(addr).unwrap();
+    let server = TestServer::start().await;
+    let mut c = server.client("juki").await;
+    for _ in 0..3 {
+        c.check(check(
+            server.token("e1010", Some("shimin"), &["pwd", "fpt"]),
+            "juki-main",
+            "read",
+            true,
+            "jumin-kiroku",
+        ))
+        .await
+        .unwrap();
+    }
+    let _ = c
+        .check(check("garbage".into(), "juki-main", "read", true, ""))
+        .await;
+    let scrape = || async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    let body = scrape().await;
+    // Other tests in this process may add to the same counters: at least, not exactly.
+    let value = |metric: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(metric))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("missing {metric} in:\n{body}"))
+    };
+    assert!(value("sekimori_decisions_total{decision=\"allow\",reason=\"grant\"}") >= 3.0);
+    assert!(value("sekimori_rejections_total{cause=\"malformed\"}") >= 1.0);
+    assert!(value("sekimori_check_seconds_count{call=\"check\"}") >= 4.0);
+    assert!(value("sekimori_log_commit_seconds_count") >= 1.0);
+    assert!(
+        body.contains("sekimori_policy_info{version=\"sha256:"),
+        "{body}"
+    );
+    server.stop().await;
+}

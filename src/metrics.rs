@@ -1,0 +1,82 @@
+//! Prometheus metrics: names `sekimori_` + snake case + unit. Recorded through the
+//! `metrics` facade (no-ops until [`install`] runs), served on their own address.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Starts the exporter's HTTP listener at `addr` (`/metrics`). Once per process.
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+            0.25, 1.0,
+        ])
+        .map_err(|e| e.to_string())?
+        .install()
+        .map_err(|e| e.to_string())?;
+    metrics::describe_counter!(
+        "sekimori_decisions_total",
+        "decisions by decision and reason"
+    );
+    metrics::describe_histogram!(
+        "sekimori_check_seconds",
+        "time to answer an access call, decision log commit included"
+    );
+    metrics::describe_histogram!(
+        "sekimori_log_commit_seconds",
+        "time of one group commit (fsync included)"
+    );
+    metrics::describe_histogram!("sekimori_log_batch_records", "records per group commit");
+    metrics::describe_gauge!(
+        "sekimori_log_queue_depth",
+        "record batches waiting for the writer"
+    );
+    metrics::describe_counter!(
+        "sekimori_log_commit_failures_total",
+        "group commits that failed (answered UNAVAILABLE)"
+    );
+    metrics::describe_counter!("sekimori_reloads_total", "policy reloads by outcome");
+    metrics::describe_gauge!(
+        "sekimori_policy_info",
+        "the policy version in force (label), value 1"
+    );
+    metrics::describe_counter!(
+        "sekimori_rejections_total",
+        "requests refused before a decision, by cause"
+    );
+    Ok(())
+}
+
+pub fn decision(allow: bool, reason: &'static str) {
+    metrics::counter!("sekimori_decisions_total", "decision" => if allow { "allow" } else { "deny" }, "reason" => reason).increment(1);
+}
+
+pub fn check_latency(call: &'static str, took: Duration) {
+    metrics::histogram!("sekimori_check_seconds", "call" => call).record(took.as_secs_f64());
+}
+
+pub fn log_commit(took: Duration, records: usize) {
+    metrics::histogram!("sekimori_log_commit_seconds").record(took.as_secs_f64());
+    metrics::histogram!("sekimori_log_batch_records").record(records as f64);
+}
+
+pub fn log_queue_depth(depth: usize) {
+    metrics::gauge!("sekimori_log_queue_depth").set(depth as f64);
+}
+
+pub fn log_commit_failed() {
+    metrics::counter!("sekimori_log_commit_failures_total").increment(1);
+}
+
+pub fn reload(outcome: &'static str) {
+    metrics::counter!("sekimori_reloads_total", "outcome" => outcome).increment(1);
+}
+
+pub fn policy_version(version: &str) {
+    metrics::gauge!("sekimori_policy_info", "version" => version.to_string()).set(1.0);
+}
+
+pub fn rejection(cause: &'static str) {
+    metrics::counter!("sekimori_rejections_total", "cause" => cause).increment(1);
+}
