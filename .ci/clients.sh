@@ -11,7 +11,7 @@ trap cleanup EXIT
 
 cargo build --quiet --bin sekimori --example check_client
 bin=target/debug/sekimori
-"$bin" serve --dev --data "$work/data" --listen "127.0.0.1:$port" > "$work/serve.log" 2>&1 &
+"$bin" serve --dev --data "$work/data" --listen "127.0.0.1:$port" --metrics "127.0.0.1:$((port + 1))" > "$work/serve.log" 2>&1 &
 pid=$!
 dev="$work/data/dev"
 for _ in $(seq 1 60); do
@@ -64,6 +64,8 @@ set -e
 [ "$code" = 5 ] && grep -q lockdown "$work/locked.out" || { echo "the lockdown did not apply"; exit 1; }
 "$bin" admin lockdown lift "${A[@]}" ld-ci
 "$bin" admin status "${A[@]}" --as auditor
+echo "-- metrics"
+python3 -c "import urllib.request,sys; b=urllib.request.urlopen('http://127.0.0.1:$((port + 1))/metrics').read().decode(); [print(l) for l in b.splitlines() if l.startswith(('sekimori_decisions_total','sekimori_reloads_total','sekimori_policy_info'))]; sys.exit(0 if 'sekimori_decisions_total' in b else 1)"
 kill -TERM "$pid"; wait "$pid" || true; pid=""
 "$bin" audit verify --db "$work/data/decisions.db" --public-key "$dev/checkpoint-key.pub"
 echo "auditors' CLI: query, summary, export (CSV with BOM) and verify (online and offline) work"

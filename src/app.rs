@@ -149,11 +149,18 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
+        if let Some(addr) = self.config.metrics {
+            crate::metrics::install(addr).map_err(|message| AppError::Metrics {
+                addr: addr.to_string(),
+                message,
+            })?;
+        }
         let version = self
             .pdp
             .snapshot()
             .map(|s| s.version().to_string())
             .unwrap_or_default();
+        tracing::info!(policy_version = %version, listen = %self.config.listen, log = %self.config.log.path.display(), "sekimori starting");
         let mut start = lifecycle(
             RecordKind::Start,
             &format!(
@@ -212,9 +219,7 @@ async fn refresh_at_windows(living: Arc<Living>) {
         tokio::time::sleep(wait + std::time::Duration::from_millis(1)).await;
         // On failure the last good snapshot keeps serving; the next wait tries again.
         if let Err(e) = living.recompile().await {
-            eprintln!(
-                "sekimori: recompiling the policy failed, keeping the last good version: {e}"
-            );
+            tracing::error!(error = %e, "recompiling the policy failed; the last good version keeps serving");
         }
     }
 }

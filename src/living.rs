@@ -256,6 +256,16 @@ impl Living {
         // A reload that cannot be recorded still happened; the log's health shows why.
         let _ = self.pdp.record_event(r).await;
         crate::metrics::reload(outcome.outcome);
+        if outcome.outcome == "ok" {
+            tracing::info!(trigger = %outcome.trigger, policy_version = %outcome.policy_version, "policy reloaded");
+        } else {
+            tracing::warn!(
+                trigger = %outcome.trigger,
+                outcome = outcome.outcome,
+                first = %outcome.diagnostics.first().map(|d| format!("{} {}", d.location, d.code)).unwrap_or_default(),
+                "policy reload refused; the last good version keeps serving"
+            );
+        }
         if let Ok(mut last) = self.last_reload.write() {
             *last = Some(outcome.clone());
         }
@@ -325,6 +335,7 @@ impl Living {
         let version = snapshot.version().to_string();
         self.pdp.install(snapshot);
         *state = next;
+        tracing::info!(by = %who, policy_version = %version, "runtime state changed");
         Ok(version)
     }
 

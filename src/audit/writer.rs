@@ -136,6 +136,7 @@ impl LogWriter {
                                 .store(group.len() as u64, Ordering::Relaxed);
                             thread_stats.head_seq.store(head.seq, Ordering::Relaxed);
                             if unhealthy.swap(false, Ordering::SeqCst) {
+                                tracing::info!("the decision log commits again");
                                 let _ = health_tx.send(true);
                             }
                             for reply in waiters {
@@ -161,6 +162,10 @@ impl LogWriter {
                         }
                         Err(_) => {
                             crate::metrics::log_commit_failed();
+                            tracing::error!(
+                                records = group.len(),
+                                "the decision log cannot commit; answering UNAVAILABLE"
+                            );
                             thread_stats.failed_commits.fetch_add(1, Ordering::Relaxed);
                             if !unhealthy.swap(true, Ordering::SeqCst) {
                                 let _ = health_tx.send(false);

@@ -28,6 +28,32 @@ pub struct ServeArgs {
     /// Policy directory (dev mode; default `policies`).
     #[arg(long, default_value = "policies")]
     policies: PathBuf,
+    /// Where to serve Prometheus metrics (dev mode default 127.0.0.1:9464), or `off`.
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Operational log format on standard error (levels: RUST_LOG, default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second initialization is harmless: the first one stays.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Args, Debug)]
@@ -180,6 +206,7 @@ pub fn run_dev_token(a: &DevTokenArgs) -> anyhow::Result<u8> {
 }
 
 pub fn run_serve(a: &ServeArgs) -> anyhow::Result<u8> {
+    init_logging(a.log_format);
     let mut config = match (&a.config, a.dev) {
         (Some(path), _) => Config::load(path)?,
         (None, true) => {
@@ -196,6 +223,16 @@ pub fn run_serve(a: &ServeArgs) -> anyhow::Result<u8> {
         }
         (None, false) => bail!("give `--config FILE`, or `--dev` for the development setup"),
     };
+    match a.metrics.as_deref() {
+        None => {}
+        Some("off") => config.metrics = None,
+        Some(addr) => {
+            config.metrics = Some(
+                addr.parse()
+                    .with_context(|| format!("`--metrics {addr}` is not an address or `off`"))?,
+            )
+        }
+    }
     if let Some(listen) = &a.listen {
         config.listen = listen
             .parse()

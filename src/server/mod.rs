@@ -297,6 +297,7 @@ impl AccessService {
                     .take(256)
                     .collect();
                 crate::metrics::rejection("unregistered_certificate");
+                tracing::warn!(identity = %crate::policy::diag::escape(&shown), "refused: unregistered client certificate identity");
                 self.pdp
                     .record_rejection(
                         None,
@@ -318,6 +319,7 @@ impl AccessService {
             Ok(v) => Ok(v.subject),
             Err(e) => {
                 crate::metrics::rejection(e.cause());
+                tracing::info!(system, cause = e.cause(), "refused: bad subject token");
                 self.pdp
                     .record_rejection(
                         Some(system),

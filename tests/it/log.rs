@@ -242,6 +242,8 @@ fn spawn_server(data: &Path, port: u16) -> std::process::Child {
         .args([
             "serve",
             "--dev",
+            "--metrics",
+            "off",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--data",
