@@ -6,6 +6,7 @@
 
 mod admin_cmd;
 mod audit_cmd;
+mod diff;
 mod policy_cmd;
 mod service_cmd;
 

@@ -30,6 +30,20 @@ pub enum PolicyCommand {
     /// Decide one request and show why: the rules considered, the one that applied, and
     /// the Casbin request tuple.
     Explain(ExplainArgs),
+    /// What a change does before it goes live: grants and assets added, removed or
+    /// changed, and the (subject, asset, action) decisions that flip.
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The bundle in force.
+    old: PathBuf,
+    /// The proposed bundle.
+    new: PathBuf,
+    /// The time to decide at (default now).
+    #[arg(long)]
+    at: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +122,7 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<u8> {
         PolicyCommand::Test(a) => test(&a),
         PolicyCommand::Compile(a) => compile(&a),
         PolicyCommand::Explain(a) => explain(&a),
+        PolicyCommand::Diff(a) => diff_cmd(&a),
     }
 }
 
@@ -206,6 +221,36 @@ fn compile(a: &CompileArgs) -> anyhow::Result<u8> {
             format_jst(next)
         );
     }
+    Ok(EXIT_OK)
+}
+
+fn diff_cmd(a: &DiffArgs) -> anyhow::Result<u8> {
+    let at = parse_at(a.at.as_deref())?;
+    let mut bundles = Vec::new();
+    for dir in [&a.old, &a.new] {
+        if !dir.is_dir() {
+            bail!("`{}` is not a directory", dir.display());
+        }
+        let loaded = policy::load(dir, at);
+        if !loaded.is_valid() {
+            print!(
+                "{}",
+                loaded
+                    .diagnostics
+                    .render(&loaded.bundle.sources, Format::Plain, false)
+            );
+            println!("`{}` is invalid: it cannot go live", dir.display());
+            return Ok(EXIT_POLICY);
+        }
+        bundles.push(loaded);
+    }
+    let (text, changes) = super::diff::diff(&bundles[0], &bundles[1], at)?;
+    print!("{text}");
+    println!(
+        "{changes} change{} at {}",
+        if changes == 1 { "" } else { "s" },
+        format_jst(at)
+    );
     Ok(EXIT_OK)
 }
 

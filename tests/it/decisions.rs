@@ -144,3 +144,32 @@ fn casbin_and_the_explainer_agree_on_a_generated_city() {
 fn an_unknown_kind_of_subject_is_not_a_subject() {
     assert_eq!(SubjectKind::parse(Some("admin")), None);
 }
+
+#[test]
+fn policy_diff_lists_changes_and_flipped_decisions() {
+    let tmp = tempfile::tempdir().unwrap();
+    crate::support::overlay(&repo().join("policies"), tmp.path());
+    let grants = tmp.path().join("grants/shimin.yaml");
+    let text = std::fs::read_to_string(&grants).unwrap().replace(
+        "assets: [juki-koseki-fuhyo, juki-inkan]",
+        "assets: [juki-koseki-fuhyo]",
+    );
+    std::fs::write(&grants, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sekimori"))
+        .args(["policy", "diff", "--at", "2026-06-01"])
+        .arg(repo().join("policies"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("~ grant koseki-inkan-handlers: assets: juki-koseki-fuhyo, juki-inkan → juki-koseki-fuhyo"), "{stdout}");
+    assert!(
+        stdout.contains("allow→DENY e1010 read juki-inkan: grant → no_permission"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("juki-koseki-fuhyo: grant → no_permission"),
+        "unchanged decisions are not listed: {stdout}"
+    );
+}
