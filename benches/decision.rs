@@ -79,7 +79,29 @@ fn requests(loaded: &sekimori::policy::Loaded, n: usize) -> Vec<Request> {
     out
 }
 
+/// What a reload costs for the sample city: read + validate, then compile + swap.
+fn sample_reload() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let at = parse_policy_time("2026-06-01T12:00:00+09:00").unwrap();
+    let mut best = (f64::MAX, f64::MAX);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let loaded = sekimori::policy::load(&dir, at);
+        let load = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        let snap = Snapshot::compile(&loaded, at, &RuntimeState::default()).unwrap();
+        let compile = t.elapsed().as_secs_f64() * 1000.0;
+        black_box(snap);
+        best = (best.0.min(load), best.1.min(compile));
+    }
+    eprintln!(
+        "sample city reload: load+validate {:.2} ms, compile {:.2} ms (best of 20)",
+        best.0, best.1
+    );
+}
+
 fn city(c: &mut Criterion) {
+    sample_reload();
     let dir = std::env::temp_dir().join("sekimori-bench-city");
     if !dir.join("organization.yaml").exists() {
         generate(&GenerateArgs {
