@@ -57,6 +57,8 @@ pub struct WriterStats {
     pub failed_commits: AtomicU64,
     pub last_group: AtomicU64,
     pub head_seq: AtomicU64,
+    /// Hex chain hash of the last committed record.
+    pub head_hash: std::sync::Mutex<String>,
     pub last_checkpoint_seq: AtomicU64,
 }
 
@@ -90,6 +92,9 @@ impl LogWriter {
         let (health_tx, healthy) = watch::channel(true);
         let stats = Arc::new(WriterStats::default());
         stats.head_seq.store(head.seq, Ordering::Relaxed);
+        if let Ok(mut h) = stats.head_hash.lock() {
+            *h = hex::encode(head.hash);
+        }
         let thread_stats = stats.clone();
         let unhealthy = Arc::new(AtomicBool::new(false));
         std::thread::Builder::new()
@@ -135,6 +140,9 @@ impl LogWriter {
                                 .last_group
                                 .store(group.len() as u64, Ordering::Relaxed);
                             thread_stats.head_seq.store(head.seq, Ordering::Relaxed);
+                            if let Ok(mut h) = thread_stats.head_hash.lock() {
+                                *h = hex::encode(head.hash);
+                            }
                             if unhealthy.swap(false, Ordering::SeqCst) {
                                 tracing::info!("the decision log commits again");
                                 let _ = health_tx.send(true);

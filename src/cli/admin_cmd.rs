@@ -155,7 +155,7 @@ async fn run_async(cmd: AdminCommand) -> anyhow::Result<u8> {
                         "counts": {"sections": s.sections, "systems": s.systems, "assets": s.assets, "grants": s.grants, "grants_in_force": s.grants_in_force, "contracts": s.contracts, "tests": s.tests},
                         "emergencies": s.emergencies.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
                         "lockdowns": s.lockdowns.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
-                        "log": {"head_seq": s.log_head_seq, "last_checkpoint_seq": s.log_last_checkpoint_seq, "healthy": s.log_healthy},
+                        "log": {"head_seq": s.log_head_seq, "head_hash": s.log_head_hash, "last_checkpoint_seq": s.log_last_checkpoint_seq, "healthy": s.log_healthy},
                         "uptime_seconds": s.uptime_seconds, "build_version": s.build_version,
                     })
                 );
@@ -215,8 +215,9 @@ async fn run_async(cmd: AdminCommand) -> anyhow::Result<u8> {
                 );
             }
             println!(
-                "decision log: head {} , last checkpoint {}, {}",
+                "decision log: head {} ({}), last checkpoint {}, {}",
                 s.log_head_seq,
+                s.log_head_hash,
                 s.log_last_checkpoint_seq,
                 if s.log_healthy {
                     "healthy"

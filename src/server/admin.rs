@@ -166,6 +166,9 @@ impl Admin for AdminService {
                     declared_by: l.declared_by.clone(),
                 })
                 .collect(),
+            log_head_hash: stats
+                .and_then(|s| s.head_hash.lock().ok().map(|h| h.clone()))
+                .unwrap_or_default(),
             log_head_seq: stats
                 .map_or(0, |s| s.head_seq.load(std::sync::atomic::Ordering::Relaxed)),
             log_last_checkpoint_seq: stats.map_or(0, |s| {

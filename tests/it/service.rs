@@ -1402,6 +1402,15 @@ mod living {
             .unwrap()
             .into_inner();
         assert_eq!(st.lockdowns.len(), 1);
+        assert_eq!(st.log_head_hash.len(), 64);
+        assert_eq!(
+            a.reload(authed(ReloadRequest {}, &auditor))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied,
+            "an auditor may not reload"
+        );
         assert_eq!(st.lockdowns[0].declared_by, "e4299");
         assert_eq!(st.assets, 47);
         assert!(
@@ -1586,4 +1595,104 @@ async fn metrics_are_exposed_and_move() {
         "{body}"
     );
     server.stop().await;
+}
+
+mod windows {
+    use super::*;
+
+    /// A grant that ends two seconds from now stops applying by itself: the snapshot is
+    /// compiled again when the window closes, without a restart or a reload.
+    #[tokio::test]
+    async fn a_grant_window_closing_takes_effect_without_a_restart() {
+        let data = tempfile::tempdir().unwrap();
+        crate::support::overlay(&repo().join("policies"), &data.path().join("policies"));
+        let until = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+        let grants = data.path().join("policies/grants/zz-window.yaml");
+        std::fs::write(
+            &grants,
+            format!("grants:\n  - {{ id: short-window, subjects: {{ users: [e1040] }}, assets: [juki-inkan], actions: [read], valid_from: 2026-04-01, valid_until: \"{until}\", approved_by: e1001 }}\n"),
+        )
+        .unwrap();
+        let server = TestServer::start_in(data).await;
+        let mut c = server.client("juki").await;
+        let ask = |c: &mut AccessClient<Channel>, token: String| {
+            let mut c = c.clone();
+            async move {
+                c.check(check(token, "juki-inkan", "read", true, ""))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .decision
+                    .unwrap()
+            }
+        };
+        let token = server.token("e1040", Some("shimin"), &["pwd", "fpt"]);
+        let before = ask(&mut c, token.clone()).await;
+        assert_eq!(
+            (before.allow, before.rule.map(|r| r.id)),
+            (true, Some("short-window".to_string()))
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+        let after = ask(&mut c, token).await;
+        assert_eq!(after.reason, "no_permission", "the window closed");
+        server.stop().await;
+    }
+
+    /// Kubernetes mounts a ConfigMap as symlinks into a `..data` directory that is swapped
+    /// atomically; the swap is picked up.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_configmap_symlink_swap_is_picked_up() {
+        let data = tempfile::tempdir().unwrap();
+        let root = data.path().join("policies");
+        let v1 = data.path().join("policies/..2026_v1");
+        crate::support::overlay(&repo().join("policies"), &v1);
+        std::os::unix::fs::symlink("..2026_v1", root.join("..data")).unwrap();
+        for name in [
+            "organization.yaml",
+            "systems.yaml",
+            "contracts.yaml",
+            "assets",
+            "grants",
+            "tests",
+        ] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), root.join(name)).unwrap();
+        }
+        let server = TestServer::start_in(data).await;
+        let token = server.token("e1030", Some("shimin"), &["pwd", "fpt"]);
+        let mut c = server.client("juki").await;
+        let d = c
+            .check(check(token.clone(), "juki-inkan", "read", true, ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .decision
+            .unwrap();
+        assert_eq!(d.reason, "no_permission");
+        // The new version, then the atomic swap of `..data`.
+        let v2 = server.data.path().join("policies/..2026_v2");
+        crate::support::overlay(&v1, &v2);
+        let g = v2.join("grants/shimin.yaml");
+        let text = std::fs::read_to_string(&g).unwrap();
+        std::fs::write(&g, format!("{text}  - {{ id: cm-grant, subjects: {{ users: [e1030] }}, assets: [juki-inkan], actions: [read], valid_from: 2026-04-01, valid_until: 2027-04-01, approved_by: e1001 }}\n")).unwrap();
+        std::os::unix::fs::symlink("..2026_v2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        let mut reason = String::new();
+        for _ in 0..100 {
+            reason = c
+                .check(check(token.clone(), "juki-inkan", "read", true, ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .decision
+                .unwrap()
+                .reason;
+            if reason == "grant" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(reason, "grant", "the ConfigMap swap was not picked up");
+        server.stop().await;
+    }
 }
