@@ -22,7 +22,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
 /// Why the service could not start. Each names the file at fault.
@@ -105,12 +105,116 @@ impl TlsMaterial {
         })
     }
 
-    fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
-            .client_auth_optional(false)
+    /// The rustls server configuration: TLS 1.2 and 1.3, HTTP/2 only, and a client
+    /// certificate chaining to the client CA required on every connection.
+    pub fn rustls_config(&self) -> Result<Arc<rustls::ServerConfig>, StartError> {
+        let tls_err = |e: String| StartError::Tls(e);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| tls_err(e.to_string()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(|e| tls_err(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(&self.client_ca_pem) {
+            roots
+                .add(ca.map_err(|e| tls_err(e.to_string()))?)
+                .map_err(|e| tls_err(e.to_string()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| tls_err(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| tls_err(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
+}
+
+/// Longest a TLS handshake may take: a stalled client holds no slot beyond it.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a TLS handshake failed, as a metric label.
+fn handshake_cause(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TlsError>())
+    {
+        Some(TlsError::NoCertificatesPresented) => "tls_no_client_certificate",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        )) => "tls_unknown_ca",
+        Some(TlsError::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        )) => "tls_certificate_expired",
+        Some(TlsError::InvalidCertificate(_)) => "tls_invalid_certificate",
+        Some(TlsError::PeerIncompatible(_)) => "tls_protocol_version",
+        Some(
+            TlsError::InvalidMessage(_)
+            | TlsError::InappropriateMessage { .. }
+            | TlsError::InappropriateHandshakeMessage { .. },
+        ) => "tls_not_tls",
+        Some(_) => "tls_other",
+        None => "tls_connection",
+    }
+}
+
+/// Accepts TCP connections and performs the TLS handshake, with a timeout; failures are
+/// counted by cause. Completed connections go to the gRPC server.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<
+        Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+    >,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(_) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        let cause = handshake_cause(&e);
+                        crate::metrics::rejection(cause);
+                        tracing::info!(%peer, cause, "refused: TLS handshake failed");
+                    }
+                    Err(_) => {
+                        crate::metrics::rejection("tls_handshake_timeout");
+                        tracing::info!(%peer, "refused: TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
 /// Records how long an access call took, whatever its outcome.
@@ -550,9 +654,8 @@ pub async fn serve(
             .await;
         let _ = stop_tx.send(());
     };
+    let (incoming, acceptor) = tls_incoming(listener, tls.rustls_config()?);
     let server = Server::builder()
-        .tls_config(tls.server_config())
-        .map_err(|e| StartError::Tls(e.to_string()))?
         .timeout(cfg.limits.request_timeout)
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -561,17 +664,16 @@ pub async fn serve(
         .add_service(access)
         .add_optional_service(audit.map(proto::audit_server::AuditServer::new))
         .add_optional_service(admin.map(proto::admin_server::AdminServer::new))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            signal,
-        );
+        .serve_with_incoming_shutdown(incoming, signal);
     let grace = cfg.shutdown_grace;
     tokio::pin!(server);
-    tokio::select! {
+    let outcome = tokio::select! {
         result = &mut server => result.map_err(|e| StartError::Serve(e.to_string())),
         _ = async { let _ = stop_rx.await; tokio::time::sleep(grace).await; } => {
             // The grace period is over: connections still open are dropped.
             Ok(())
         }
-    }
+    };
+    acceptor.abort();
+    outcome
 }

@@ -1567,6 +1567,14 @@ async fn metrics_are_exposed_and_move() {
     let _ = c
         .check(check("garbage".into(), "juki-main", "read", true, ""))
         .await;
+    // A connection without a client certificate fails its handshake: counted by cause.
+    let ca = std::fs::read_to_string(server.paths().ca_cert()).unwrap();
+    if let Ok(mut nc) = server.client_with(None, ca).await {
+        let _ = nc
+            .check(check("x".into(), "juki-main", "read", true, ""))
+            .await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let scrape = || async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1590,6 +1598,7 @@ async fn metrics_are_exposed_and_move() {
     assert!(value("sekimori_rejections_total{cause=\"malformed\"}") >= 1.0);
     assert!(value("sekimori_check_seconds_count{call=\"check\"}") >= 4.0);
     assert!(value("sekimori_log_commit_seconds_count") >= 1.0);
+    assert!(value("sekimori_rejections_total{cause=\"tls_no_client_certificate\"}") >= 1.0);
     assert!(
         body.contains("sekimori_policy_info{version=\"sha256:"),
         "{body}"
