@@ -196,6 +196,88 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     }
 }
 
+/// Every key the file may hold, by section.
+const KNOWN: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "listen",
+            "policy_dir",
+            "data_dir",
+            "shutdown_grace",
+            "tls",
+            "tokens",
+            "log",
+            "limits",
+            "metrics",
+        ],
+    ),
+    ("tls", &["cert", "key", "client_ca"]),
+    (
+        "tokens",
+        &[
+            "jwks_file",
+            "issuer",
+            "audience",
+            "leeway",
+            "max_bytes",
+            "claims",
+        ],
+    ),
+    (
+        "tokens.claims",
+        &["sub", "section", "kind", "contract", "roles", "amr"],
+    ),
+    (
+        "log",
+        &[
+            "path",
+            "checkpoint_key",
+            "checkpoint_every",
+            "checkpoint_interval",
+            "retention",
+        ],
+    ),
+    (
+        "limits",
+        &[
+            "max_message_bytes",
+            "max_batch",
+            "max_concurrent_requests",
+            "request_timeout",
+        ],
+    ),
+    ("metrics", &["listen", "enabled"]),
+];
+
+fn unknown_keys(root: &toml::Table) -> Vec<String> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        let known = KNOWN.iter().find(|(p, _)| *p == prefix).map(|(_, k)| *k);
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match known {
+                Some(k) if k.contains(&key.as_str()) => {
+                    if let toml::Value::Table(t) = value {
+                        walk(&path, t, out);
+                    }
+                }
+                Some(k) => out.push(format!(
+                    "`{path}`: unknown key (allowed here: {})",
+                    k.join(", ")
+                )),
+                None => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", root, &mut out);
+    out
+}
+
 impl Config {
     /// Reads and validates a config file; every problem is listed in one error.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -212,6 +294,12 @@ impl Config {
 
     /// Parses config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        // Unknown keys first, all of them with their paths (serde stops at the first).
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let unknown = unknown_keys(&table);
+        if !unknown.is_empty() {
+            return Err(unknown.join("; "));
+        }
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut problems = Vec::new();
         let rel = |p: &Path| {
@@ -385,9 +473,13 @@ checkpoint_key = "keys/checkpoint.pem"
     }
 
     #[test]
-    fn unknown_keys_are_errors() {
-        let e = Config::parse(&format!("lisen = \"x\"\n{MINIMAL}"), Path::new(".")).unwrap_err();
-        assert!(e.contains("unknown field `lisen`"), "{e}");
+    fn unknown_keys_are_errors_all_at_once_with_their_paths() {
+        let text = format!("lisen = \"x\"\n{MINIMAL}\n[limits]\nmax_bach = 3\n")
+            .replace("[tokens]", "[tokens]\nisuer = \"y\"");
+        let e = Config::parse(&text, Path::new(".")).unwrap_err();
+        for path in ["`lisen`", "`tokens.isuer`", "`limits.max_bach`"] {
+            assert!(e.contains(path), "{path} missing in: {e}");
+        }
     }
 
     #[test]
