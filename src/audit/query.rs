@@ -127,6 +127,19 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+const ROW_COLUMNS: &str = "seq, id, time_us, kind, body, hash";
+
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        seq: to_u64(r.get(0)?),
+        id: r.get(1)?,
+        time_us: r.get(2)?,
+        kind: r.get(3)?,
+        body: r.get(4)?,
+        hash: r.get(5)?,
+    })
+}
+
 impl Store {
     /// One page of records matching `filter`, after (or before, newest first) `cursor`.
     pub fn query(
@@ -147,39 +160,23 @@ impl Store {
         }
         params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         let sql = format!(
-            "SELECT seq, id, time_us, kind, body, hash FROM records WHERE {clause} ORDER BY seq {} LIMIT ?{}",
+            "SELECT {ROW_COLUMNS} FROM records WHERE {clause} ORDER BY seq {} LIMIT ?{}",
             if oldest_first { "ASC" } else { "DESC" },
             params.len()
         );
         let mut stmt = self.connection().prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
-            Ok(Row {
-                seq: to_u64(r.get(0)?),
-                id: r.get(1)?,
-                time_us: r.get(2)?,
-                kind: r.get(3)?,
-                body: r.get(4)?,
-                hash: r.get(5)?,
-            })
-        })?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(params), row_from)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     /// One record by id.
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
-        let mut stmt = self.connection().prepare_cached(
-            "SELECT seq, id, time_us, kind, body, hash FROM records WHERE id = ?1",
-        )?;
+        let mut stmt = self
+            .connection()
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM records WHERE id = ?1"))?;
         let mut rows = stmt.query([id])?;
         match rows.next()? {
-            Some(r) => Ok(Some(Row {
-                seq: to_u64(r.get(0)?),
-                id: r.get(1)?,
-                time_us: r.get(2)?,
-                kind: r.get(3)?,
-                body: r.get(4)?,
-                hash: r.get(5)?,
-            })),
+            Some(r) => Ok(Some(row_from(r)?)),
             None => Ok(None),
         }
     }

@@ -125,55 +125,33 @@ impl Store {
         Ok(())
     }
 
+    /// A (seq, hash) row from `sql`, if there is one.
+    fn head_row(&self, sql: &str) -> Result<Option<Head>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query([])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(Head {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                hash: to32(&r.get::<_, Vec<u8>>(1)?)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
     /// The anchor the chain starts from: genesis, or the last archived record.
     pub fn anchor(&self) -> Result<Head, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = self
-            .conn
-            .query_row("SELECT seq, hash FROM anchor WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map(Some)
-            .or_else(|e| {
-                if matches!(e, rusqlite::Error::QueryReturnedNoRows) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
-        match row {
-            Some((seq, hash)) => Ok(Head {
-                seq: u64::try_from(seq).unwrap_or(0),
-                hash: to32(&hash)?,
-            }),
-            None => Ok(Head {
+        Ok(self
+            .head_row("SELECT seq, hash FROM anchor WHERE id = 1")?
+            .unwrap_or(Head {
                 seq: 0,
                 hash: GENESIS,
-            }),
-        }
+            }))
     }
 
     /// The last committed record, or the anchor when the store is empty.
     pub fn head(&self) -> Result<Head, StoreError> {
-        let row: Option<(i64, Vec<u8>)> = self
-            .conn
-            .query_row(
-                "SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map(Some)
-            .or_else(|e| {
-                if matches!(e, rusqlite::Error::QueryReturnedNoRows) {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?;
-        match row {
-            Some((seq, hash)) => Ok(Head {
-                seq: u64::try_from(seq).unwrap_or(0),
-                hash: to32(&hash)?,
-            }),
+        match self.head_row("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1")? {
+            Some(h) => Ok(h),
             None => self.anchor(),
         }
     }

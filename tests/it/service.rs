@@ -63,6 +63,26 @@ impl TestServer {
         }
     }
 
+    /// A connected channel with the given client certificate and key.
+    async fn channel_as(&self, cert: std::path::PathBuf, key: std::path::PathBuf) -> Channel {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(self.paths().ca_cert()).unwrap(),
+            ))
+            .identity(Identity::from_pem(
+                std::fs::read(cert).unwrap(),
+                std::fs::read(key).unwrap(),
+            ))
+            .domain_name("localhost");
+        Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     fn paths(&self) -> DevPaths {
         DevPaths::new(self.data.path())
     }
@@ -648,21 +668,12 @@ fn store(server: &TestServer) -> sekimori::audit::store::Store {
 }
 
 async fn health_status(server: &TestServer) -> i32 {
-    let p = server.paths();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(p.client_cert("juki")).unwrap(),
-            std::fs::read(p.client_key("juki")).unwrap(),
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{}", server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server
+        .channel_as(
+            server.paths().client_cert("juki"),
+            server.paths().client_key("juki"),
+        )
+        .await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -768,21 +779,12 @@ async fn rejected_requests_are_recorded() {
 #[tokio::test]
 async fn health_reports_serving() {
     let server = TestServer::start().await;
-    let p = server.paths();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(p.client_cert("juki")).unwrap(),
-            std::fs::read(p.client_key("juki")).unwrap(),
-        ))
-        .domain_name("localhost");
-    let channel = Channel::from_shared(format!("https://{}", server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server
+        .channel_as(
+            server.paths().client_cert("juki"),
+            server.paths().client_key("juki"),
+        )
+        .await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -830,21 +832,12 @@ mod audit_api {
     };
 
     async fn auditor_client(server: &TestServer) -> AuditClient<Channel> {
-        let p = server.paths();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
-            .identity(Identity::from_pem(
-                std::fs::read(p.operator_cert()).unwrap(),
-                std::fs::read(p.operator_key()).unwrap(),
-            ))
-            .domain_name("localhost");
-        let channel = Channel::from_shared(format!("https://{}", server.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = server
+            .channel_as(
+                server.paths().operator_cert(),
+                server.paths().operator_key(),
+            )
+            .await;
         AuditClient::new(channel)
     }
 
@@ -1086,21 +1079,12 @@ mod audit_api {
             assert_eq!(s.code(), Code::PermissionDenied, "{roles:?}");
         }
         // A staff token through a business system's certificate cannot read it either.
-        let p = server.paths();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
-            .identity(Identity::from_pem(
-                std::fs::read(p.client_cert("juki")).unwrap(),
-                std::fs::read(p.client_key("juki")).unwrap(),
-            ))
-            .domain_name("localhost");
-        let channel = Channel::from_shared(format!("https://{}", server.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = server
+            .channel_as(
+                server.paths().client_cert("juki"),
+                server.paths().client_key("juki"),
+            )
+            .await;
         let mut from_system = AuditClient::new(channel);
         let staff = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
         assert_eq!(
@@ -1145,21 +1129,12 @@ mod living {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     async fn admin(server: &TestServer) -> AdminClient<Channel> {
-        let p = server.paths();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(p.ca_cert()).unwrap()))
-            .identity(Identity::from_pem(
-                std::fs::read(p.operator_cert()).unwrap(),
-                std::fs::read(p.operator_key()).unwrap(),
-            ))
-            .domain_name("localhost");
-        let channel = Channel::from_shared(format!("https://{}", server.addr))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = server
+            .channel_as(
+                server.paths().operator_cert(),
+                server.paths().operator_key(),
+            )
+            .await;
         AdminClient::new(channel)
     }
 
