@@ -13,6 +13,7 @@
 pub mod casbin_model;
 pub mod decide;
 pub mod facts;
+pub mod role_manager;
 
 use crate::policy::Loaded;
 use crate::policy::index::Index;
@@ -107,6 +108,14 @@ impl Snapshot {
         let model = pollster::block_on(DefaultModel::from_str(MODEL_CONF))
             .map_err(|e| CompileError::Model(e.to_string()))?;
         let mut enforcer = pollster::block_on(Enforcer::new_raw(model, MemoryAdapter::default()))
+            .map_err(|e| CompileError::Model(e.to_string()))?;
+        // Same semantics as casbin's default role manager (property-tested), without its
+        // per-call allocations.
+        let rm: Arc<parking_lot::RwLock<dyn casbin::RoleManager>> = Arc::new(
+            parking_lot::RwLock::new(role_manager::IndexedRoleManager::new(10)),
+        );
+        enforcer
+            .set_role_manager(rm)
             .map_err(|e| CompileError::Model(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(MODEL_CONF.as_bytes());
