@@ -10,10 +10,13 @@ use std::collections::HashMap;
 /// The domain of links added without one (casbin's `DEFAULT`).
 const DEFAULT_DOMAIN: &str = "DEFAULT";
 
+/// One domain's links: name → the names it links to directly.
+type DomainLinks = HashMap<Box<str>, Vec<Box<str>>>;
+
 #[derive(Debug, Default)]
 pub struct IndexedRoleManager {
-    /// domain → name → names it links to directly.
-    links: HashMap<Box<str>, HashMap<Box<str>, Vec<Box<str>>>>,
+    /// domain → its links.
+    links: HashMap<Box<str>, DomainLinks>,
     max_depth: usize,
 }
 
