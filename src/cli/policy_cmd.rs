@@ -345,7 +345,7 @@ fn render_explanation(ex: &Explanation, at: Instant) -> String {
         .iter()
         .map(|v| format!("\"{}\"", escape(v)))
         .collect();
-    out.push_str(&format!("casbin request (sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass):\n  {}\n", tuple.join(", ")));
+    out.push_str(&format!("casbin request (sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass, actp):\n  {}\n", tuple.join(", ")));
     out.push_str(&format!(
         "casbin decision: {}\n",
         match ex.casbin_allow {

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 /// The Casbin model (`model.conf`). The request tuple `r` is what `policy explain` prints.
 pub const MODEL_CONF: &str = r##"# sekimori decision model (generated; see docs/policy-format.md)
 [request_definition]
-r = sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass
+r = sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass, actp
 
 [policy_definition]
 p = rule, eft
@@ -32,7 +32,7 @@ g = _, _, _
 e = priority(p.eft) || deny
 
 [matchers]
-m = p.rule == "deny" && (!g("@", "registered", r.obj) || !g("y:" + r.sys, "holder", r.obj) || g("y:" + r.sys, "locked", r.obj) && !g("u:" + r.sub, "exempt:" + r.sys, r.obj) || r.kind == "contractor" && !g("c:" + r.contract, "contract", r.obj) || r.device != "true" && !g("@", "tier:public", r.obj) || g("@", "my_number", r.obj) && (r.mfa != "true" || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "contractor" && g("@", "tier:secret", r.obj) && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit")) || p.rule == "allow" && (g("@", "tier:public", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && g("s:" + r.section, "owner", r.obj) && !g("@", "my_number", r.obj) && !g("@", "tier:secret", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !g("@", "integrity:2", r.obj)) || g("u:" + r.sub, r.act, r.obj) || r.kind == "staff" && g("s:" + r.section, r.act, r.obj) || r.kind == "contractor" && g("c:" + r.contract, r.act, r.obj) || r.purpose != "" && (g("u:" + r.sub, r.act + "/" + r.purpose, r.obj) || r.kind == "staff" && g("s:" + r.section, r.act + "/" + r.purpose, r.obj) || r.kind == "contractor" && g("c:" + r.contract, r.act + "/" + r.purpose, r.obj)) || r.glass == "true" && r.act == "read" && r.kind == "staff" && (g("u:" + r.sub, "responder", r.obj) || g("s:" + r.section, "responder", r.obj)))
+m = p.rule == "deny" && (!g("@", "registered", r.obj) || !g(r.sys, "holder", r.obj) || g(r.sys, "locked", r.obj) && !g(r.sub, "exempt:" + r.sys, r.obj) || r.kind == "contractor" && !g(r.contract, "contract", r.obj) || r.device != "true" && !g("@", "tier:public", r.obj) || g("@", "my_number", r.obj) && (r.mfa != "true" || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "contractor" && g("@", "tier:secret", r.obj) && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit")) || p.rule == "allow" && (g("@", "tier:public", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && g(r.section, "owner", r.obj) && !g("@", "my_number", r.obj) && !g("@", "tier:secret", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !g("@", "integrity:2", r.obj)) || g(r.sub, r.act, r.obj) || r.kind == "staff" && g(r.section, r.act, r.obj) || r.kind == "contractor" && g(r.contract, r.act, r.obj) || r.purpose != "" && (g(r.sub, r.actp, r.obj) || r.kind == "staff" && g(r.section, r.actp, r.obj) || r.kind == "contractor" && g(r.contract, r.actp, r.obj)) || r.glass == "true" && r.act == "read" && r.kind == "staff" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj)))
 "##;
 
 /// The two `p` rows, in priority order.
@@ -212,7 +212,7 @@ fn lockdown_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Ori
             })
             .unwrap_or_default();
         exempt.sort();
-        let fact = format!("exempt:{h}");
+        let fact = format!("exempt:y:{h}");
         for u in exempt {
             emit("g", &[&format!("u:{}", encode(u)), &fact, &a.id], origin);
         }
@@ -307,7 +307,7 @@ mod tests {
             "holder",
             "contract",
             "locked",
-            "exempt:juki",
+            "exempt:y:juki",
             "responder",
             "read",
             "update/x",

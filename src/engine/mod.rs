@@ -59,21 +59,30 @@ impl std::fmt::Debug for Snapshot {
 }
 
 /// The Casbin request tuple of a request, in `r` order.
-pub fn request_tuple(req: &Request) -> [String; 11] {
+pub fn request_tuple(req: &Request) -> [String; 12] {
     let s = &req.subject;
     let b = |v: bool| String::from(if v { "true" } else { "false" });
+    // Names carry the prefixes of their kind (see `casbin_model`), so the matcher needs no
+    // string concatenation per call.
+    let purpose = encode(req.env.purpose().unwrap_or("")).into_owned();
+    let actp = if purpose.is_empty() {
+        String::new()
+    } else {
+        format!("{}/{purpose}", req.action.as_str())
+    };
     [
-        req.system.clone(),
-        encode(&s.sub).into_owned(),
+        format!("y:{}", req.system),
+        format!("u:{}", encode(&s.sub)),
         s.kind.as_str().to_string(),
-        encode(s.section.as_deref().unwrap_or("")).into_owned(),
-        encode(s.contract.as_deref().unwrap_or("")).into_owned(),
+        format!("s:{}", encode(s.section.as_deref().unwrap_or(""))),
+        format!("c:{}", encode(s.contract.as_deref().unwrap_or(""))),
         b(s.mfa),
         req.asset.clone(),
         req.action.as_str().to_string(),
         b(req.env.device_issued),
-        encode(req.env.purpose().unwrap_or("")).into_owned(),
+        purpose,
         b(req.env.break_glass()),
+        actp,
     ]
 }
 
@@ -82,7 +91,7 @@ pub fn request_tuple(req: &Request) -> [String; 11] {
 pub struct Explanation {
     pub decision: Decision,
     pub trace: Vec<TraceStep>,
-    pub casbin_request: [String; 11],
+    pub casbin_request: [String; 12],
     pub casbin_allow: Option<bool>,
 }
 
@@ -169,7 +178,7 @@ impl Snapshot {
         self.disagreements.load(Ordering::Relaxed)
     }
 
-    fn casbin_allows(&self, tuple: &[String; 11]) -> Option<bool> {
+    fn casbin_allows(&self, tuple: &[String; 12]) -> Option<bool> {
         self.enforcer.enforce(tuple.to_vec()).ok()
     }
 
