@@ -15,7 +15,7 @@ use crate::policy::model::Action;
 use arc_swap::ArcSwapOption;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// One question of a batch.
 #[derive(Debug, Clone)]
@@ -45,42 +45,6 @@ pub trait DecisionLog: Send + Sync {
 impl DecisionLog for LogWriter {
     fn commit(&self, records: Vec<Record>) -> CommitFuture<'_> {
         Box::pin(self.append(records))
-    }
-}
-
-/// Keeps the most recent records in memory. Not durable: for tests.
-#[derive(Debug, Default)]
-pub struct MemoryLog {
-    records: Mutex<Vec<Record>>,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-const MEMORY_LOG_KEEP: usize = 100_000;
-
-impl MemoryLog {
-    pub fn records(&self) -> Vec<Record> {
-        self.records.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-    /// Makes every commit fail (to test that no decision leaves without its record).
-    pub fn set_failing(&self, fail: bool) {
-        self.fail.store(fail, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl DecisionLog for MemoryLog {
-    fn commit(&self, records: Vec<Record>) -> CommitFuture<'_> {
-        Box::pin(async move {
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(LogError);
-            }
-            let mut kept = self.records.lock().map_err(|_| LogError)?;
-            kept.extend(records);
-            if kept.len() > MEMORY_LOG_KEEP {
-                let excess = kept.len() - MEMORY_LOG_KEEP;
-                kept.drain(..excess);
-            }
-            Ok(())
-        })
     }
 }
 
