@@ -32,7 +32,9 @@ g = _, _, _
 e = priority(p.eft) || deny
 
 [matchers]
-m = p.rule == "deny" && (!g("@", "registered", r.obj) || !g(r.sys, "holder", r.obj) || g(r.sys, "locked", r.obj) && !g(r.sub, "exempt:" + r.sys, r.obj) || r.kind == "contractor" && !g(r.contract, "contract", r.obj) || r.device != "true" && !g("@", "tier:public", r.obj) || g("@", "my_number", r.obj) && (r.mfa != "true" || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "contractor" && g("@", "tier:secret", r.obj) && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit")) || p.rule == "allow" && (g("@", "tier:public", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && g(r.section, "owner", r.obj) && !g("@", "my_number", r.obj) && !g("@", "tier:secret", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !g("@", "integrity:2", r.obj)) || g(r.sub, r.act, r.obj) || r.kind == "staff" && g(r.section, r.act, r.obj) || r.kind == "contractor" && g(r.contract, r.act, r.obj) || r.purpose != "" && (g(r.sub, r.actp, r.obj) || r.kind == "staff" && g(r.section, r.actp, r.obj) || r.kind == "contractor" && g(r.contract, r.actp, r.obj)) || r.glass == "true" && r.act == "read" && r.kind == "staff" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj)))
+# Deny rules, then allow rules (SPEC §6). unknown_asset needs no clause of its own: an asset
+# that is not in the register has no holder, so the holder clause denies it.
+m = p.rule == "deny" && (!g(r.sys, "holder", r.obj) || g(r.sys, "locked", r.obj) && !g(r.sub, "exempt:" + r.sys, r.obj) || r.kind == "contractor" && !g(r.contract, "contract", r.obj) || r.device != "true" && !g("@", "tier:public", r.obj) || g("@", "my_number", r.obj) && (r.mfa != "true" || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "contractor" && g("@", "tier:secret", r.obj) && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit")) || p.rule == "allow" && (g("@", "tier:public", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && g(r.section, "owner", r.obj) && !g("@", "my_number", r.obj) && !g("@", "tier:secret", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !g("@", "integrity:2", r.obj)) || g(r.sub, r.act, r.obj) || r.kind == "staff" && g(r.section, r.act, r.obj) || r.kind == "contractor" && g(r.contract, r.act, r.obj) || r.purpose != "" && (g(r.sub, r.actp, r.obj) || r.kind == "staff" && g(r.section, r.actp, r.obj) || r.kind == "contractor" && g(r.contract, r.actp, r.obj)) || r.glass == "true" && r.act == "read" && r.kind == "staff" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj)))
 "##;
 
 /// The two `p` rows, in priority order.
@@ -108,7 +110,6 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
         let ai32 = u32::try_from(ai).unwrap_or(u32::MAX);
         let dom = a.id.as_str();
         let here = Origin::Asset(ai32);
-        emit("g", &["@", "registered", dom], here);
         emit("g", &["@", tier_fact(a.tier), dom], here);
         if a.my_number {
             emit("g", &["@", "my_number", dom], here);
@@ -297,7 +298,6 @@ mod tests {
     #[test]
     fn no_fact_is_spellable_as_a_prefixed_name() {
         for fact in [
-            "registered",
             "tier:public",
             "tier:internal",
             "tier:secret",

@@ -178,14 +178,15 @@ impl Snapshot {
         self.disagreements.load(Ordering::Relaxed)
     }
 
-    fn casbin_allows(&self, tuple: &[String; 12]) -> Option<bool> {
-        self.enforcer.enforce(tuple.to_vec()).ok()
+    /// Casbin's verdict; the tuple is moved in, so its strings are not copied again.
+    fn casbin_allows(&self, tuple: [String; 12]) -> Option<bool> {
+        self.enforcer.enforce(Vec::from(tuple)).ok()
     }
 
     /// Decides a request. Never fails: an engine error is a deny.
     pub fn decide(&self, req: &Request) -> Decision {
         let verdict = decide::explain(&self.facts, req, None);
-        let casbin = self.casbin_allows(&request_tuple(req));
+        let casbin = self.casbin_allows(request_tuple(req));
         self.finish(req, verdict, casbin)
     }
 
@@ -194,7 +195,7 @@ impl Snapshot {
         let mut trace = Vec::new();
         let verdict = decide::explain(&self.facts, req, Some(&mut trace));
         let casbin_request = request_tuple(req);
-        let casbin_allow = self.casbin_allows(&casbin_request);
+        let casbin_allow = self.casbin_allows(casbin_request.clone());
         Explanation {
             decision: self.finish(req, verdict, casbin_allow),
             trace,
