@@ -1680,3 +1680,42 @@ mod windows {
         server.stop().await;
     }
 }
+
+/// Plaintext HTTP/2 to the TLS port gets no answer: the connection is closed, promptly, and
+/// the service goes on serving.
+#[tokio::test]
+async fn plaintext_http2_to_the_tls_port_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut total = Vec::new();
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break total,
+                Ok(n) => total.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes a plaintext connection promptly");
+    // Whatever came back (at most a TLS alert) is no HTTP/2 answer.
+    assert!(!read.windows(8).any(|w| w == b"HTTP/2.0"), "{read:?}");
+    let mut c = server.client("juki").await;
+    let d = c
+        .check(check(
+            server.token("e1010", Some("shimin"), &["pwd", "fpt"]),
+            "juki-tokei",
+            "read",
+            true,
+            "",
+        ))
+        .await
+        .unwrap();
+    assert!(d.into_inner().decision.unwrap().allow);
+    server.stop().await;
+}
