@@ -401,15 +401,12 @@ impl Living {
     }
 
     pub async fn end_emergency(&self, id: &str, who: &str) -> Result<String, ChangeError> {
-        let mut state = self.state.lock().await;
-        state.prune(chrono::Utc::now());
-        if !state.emergencies.iter().any(|x| x.id == id) {
-            return Err(ChangeError::NotFound(id.to_string()));
-        }
-        let mut next = state.clone();
-        next.emergencies.retain(|x| x.id != id);
-        self.apply(&mut state, next, who, format!("emergency {id} ended"))
-            .await
+        self.remove(id, who, "emergency {id} ended", |st, id| {
+            let before = st.emergencies.len();
+            st.emergencies.retain(|x| x.id != id);
+            st.emergencies.len() != before
+        })
+        .await
     }
 
     pub async fn declare_lockdown(&self, l: LockdownRec) -> Result<String, ChangeError> {
@@ -466,14 +463,29 @@ impl Living {
     }
 
     pub async fn lift_lockdown(&self, id: &str, who: &str) -> Result<String, ChangeError> {
+        self.remove(id, who, "lockdown {id} lifted", |st, id| {
+            let before = st.lockdowns.len();
+            st.lockdowns.retain(|x| x.id != id);
+            st.lockdowns.len() != before
+        })
+        .await
+    }
+
+    /// Ends an entry of the state: `take` removes it and says whether it was there.
+    async fn remove(
+        &self,
+        id: &str,
+        who: &str,
+        detail: &str,
+        take: impl Fn(&mut StateFile, &str) -> bool,
+    ) -> Result<String, ChangeError> {
         let mut state = self.state.lock().await;
         state.prune(chrono::Utc::now());
-        if !state.lockdowns.iter().any(|x| x.id == id) {
+        let mut next = state.clone();
+        if !take(&mut next, id) {
             return Err(ChangeError::NotFound(id.to_string()));
         }
-        let mut next = state.clone();
-        next.lockdowns.retain(|x| x.id != id);
-        self.apply(&mut state, next, who, format!("lockdown {id} lifted"))
+        self.apply(&mut state, next, who, detail.replace("{id}", id))
             .await
     }
 }

@@ -40,6 +40,13 @@ fn change_status(e: ChangeError) -> Status {
     }
 }
 
+/// The answer to a state change, or its refusal.
+fn changed(result: Result<String, ChangeError>) -> Result<Response<proto::ChangeResponse>, Status> {
+    result
+        .map(|policy_version| Response::new(proto::ChangeResponse { policy_version }))
+        .map_err(change_status)
+}
+
 fn time_of(
     field: &str,
     text: &str,
@@ -223,14 +230,7 @@ impl Admin for AdminService {
             until: time_of("until", &e.until, None)?,
             declared_by: op.subject.sub,
         };
-        let version = self
-            .living
-            .declare_emergency(rec)
-            .await
-            .map_err(change_status)?;
-        Ok(Response::new(proto::ChangeResponse {
-            policy_version: version,
-        }))
+        changed(self.living.declare_emergency(rec).await)
     }
 
     async fn end_emergency(
@@ -239,14 +239,7 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::ChangeResponse>, Status> {
         let op = operator(&self.tokens, &req, &CISO)?;
         let id = req.into_inner().id;
-        let version = self
-            .living
-            .end_emergency(&id, &op.subject.sub)
-            .await
-            .map_err(change_status)?;
-        Ok(Response::new(proto::ChangeResponse {
-            policy_version: version,
-        }))
+        changed(self.living.end_emergency(&id, &op.subject.sub).await)
     }
 
     async fn declare_lockdown(
@@ -274,14 +267,7 @@ impl Admin for AdminService {
             },
             declared_by: op.subject.sub,
         };
-        let version = self
-            .living
-            .declare_lockdown(rec)
-            .await
-            .map_err(change_status)?;
-        Ok(Response::new(proto::ChangeResponse {
-            policy_version: version,
-        }))
+        changed(self.living.declare_lockdown(rec).await)
     }
 
     async fn lift_lockdown(
@@ -290,13 +276,6 @@ impl Admin for AdminService {
     ) -> Result<Response<proto::ChangeResponse>, Status> {
         let op = operator(&self.tokens, &req, &CISO)?;
         let id = req.into_inner().id;
-        let version = self
-            .living
-            .lift_lockdown(&id, &op.subject.sub)
-            .await
-            .map_err(change_status)?;
-        Ok(Response::new(proto::ChangeResponse {
-            policy_version: version,
-        }))
+        changed(self.living.lift_lockdown(&id, &op.subject.sub).await)
     }
 }
