@@ -1,19 +1,30 @@
-//! Decision latency at city scale (SPEC §11): a generated bundle of 200 sections, 500
-//! systems, 100,000 assets, 20,000 staff and 50,000 grants; distinct requests.
+//! Decision latency at city scale (SPEC §11), against plain Casbin, and how cost grows.
 //!
-//! `cargo bench --bench decision` prints criterion's estimate and, before it, a histogram
-//! over single decisions (median, p99) plus compile time and row count.
+//! `cargo bench --bench decision` prints, before criterion's estimate:
+//! - the sample city's reload cost;
+//! - a scaling table — bundles generated at the sample city's size, 10×, 100× and the full
+//!   city (200 sections, 500 systems, 100,000 assets, 20,000 staff, 50,000 grants): load,
+//!   compile, memory held by the snapshot, decision median and p99 over distinct requests
+//!   (a histogram over single decisions, not a mean) — also written as JSON to
+//!   `target/bench-results/decision-scaling.json` for `scripts/plot_scaling.py`;
+//! - the baseline: a plain casbin `Enforcer` (default role manager, `FileAdapter`) loaded
+//!   with the city's exported `model.conf`/`policy.csv`, deciding the same requests;
+//! - peak memory of the process (`VmHWM`).
+//!
+//! `BENCH_SCALES=1,10` limits the scaling table to some factors (the city is `city`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sekimori::engine::{Env, Request, Snapshot, Subject, SubjectKind};
+use sekimori::engine::{Env, Request, Snapshot, Subject, SubjectKind, request_tuple};
 use sekimori::generate::{GenerateArgs, generate};
 use sekimori::policy::model::{Action, AssetSelection, RuntimeState};
 use sekimori::time::parse_policy_time;
 use std::hint::black_box;
 use std::time::Instant;
 
-fn requests(loaded: &sekimori::policy::Loaded, n: usize) -> Vec<Request> {
+/// Distinct requests drawn from the bundle's grants: named, section and contract subjects,
+/// every action, some from unmanaged devices; about a third are allowed.
+fn requests(loaded: &sekimori::policy::Loaded, n: usize, size: &GenerateArgs) -> Vec<Request> {
     let b = &loaded.bundle;
     let mut out = Vec::with_capacity(n);
     let mut i = 0usize;
@@ -38,12 +49,12 @@ fn requests(loaded: &sekimori::policy::Loaded, n: usize) -> Vec<Request> {
         ) {
             (Some(u), _, _) => (
                 u.value.clone(),
-                Some(format!("s{:03}", i % 200)),
+                Some(format!("s{:03}", i % size.sections)),
                 SubjectKind::Staff,
                 None,
             ),
             (_, Some(s), _) => (
-                format!("e{:05}", i % 20_000),
+                format!("e{:05}", i % size.staff),
                 Some(s.value.clone()),
                 SubjectKind::Staff,
                 None,
@@ -100,11 +111,21 @@ fn sample_reload() {
     );
 }
 
-fn city(c: &mut Criterion) {
-    sample_reload();
-    let dir = std::env::temp_dir().join("sekimori-bench-city");
-    if !dir.join("organization.yaml").exists() {
-        generate(&GenerateArgs {
+/// The generator's arguments for a bundle `factor` times the sample city (47 assets, 24
+/// grants, 14 sections), or the full city for `None`.
+fn size(factor: Option<usize>, out: std::path::PathBuf) -> GenerateArgs {
+    match factor {
+        Some(f) => GenerateArgs {
+            sections: (14 * f).min(200),
+            systems: (12 * f).min(500),
+            assets: 47 * f,
+            staff: 60 * f,
+            grants: 24 * f,
+            contracts: 5 * f,
+            seed: 1,
+            out,
+        },
+        None => GenerateArgs {
             sections: 200,
             systems: 500,
             assets: 100_000,
@@ -112,42 +133,244 @@ fn city(c: &mut Criterion) {
             grants: 50_000,
             contracts: 300,
             seed: 1,
-            out: dir.clone(),
-        })
-        .unwrap();
+            out,
+        },
     }
-    let at = parse_policy_time("2026-06-01T12:00:00+09:00").unwrap();
-    let t = Instant::now();
-    let loaded = sekimori::policy::load(&dir, at);
-    let load = t.elapsed();
-    assert!(loaded.is_valid());
-    let t = Instant::now();
-    let snap = Snapshot::compile(&loaded, at, &RuntimeState::default()).unwrap();
-    let compile = t.elapsed();
-    let reqs = requests(&loaded, 20_000);
-    let mut lat: Vec<u128> = Vec::with_capacity(reqs.len());
-    let mut allows = 0;
+}
+
+/// Generates the bundle once per size (kept in the temp dir between runs).
+fn bundle(name: &str, factor: Option<usize>) -> GenerateArgs {
+    let dir = std::env::temp_dir().join(format!("sekimori-bench-{name}"));
+    let args = size(factor, dir.clone());
+    if !dir.join("organization.yaml").exists() {
+        generate(&args).unwrap();
+    }
+    args
+}
+
+/// Resident and peak resident memory of this process, in bytes (Linux `/proc`).
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[derive(Clone, Copy)]
+struct Percentiles {
+    median: f64,
+    p99: f64,
+    p999: f64,
+}
+
+/// Times every call separately, twice over `n` inputs (the first pass warms caches), and
+/// returns the second pass's percentiles in microseconds.
+fn histogram<T>(inputs: &[T], mut call: impl FnMut(&T) -> bool) -> (Percentiles, usize) {
+    let mut lat: Vec<u128> = Vec::with_capacity(inputs.len());
+    let mut yes = 0;
     for _ in 0..2 {
         lat.clear();
-        for r in &reqs {
+        yes = 0;
+        for x in inputs {
             let t = Instant::now();
-            let d = snap.decide(black_box(r));
+            let r = call(black_box(x));
             lat.push(t.elapsed().as_nanos());
-            allows += usize::from(d.allow);
+            yes += usize::from(r);
         }
     }
     lat.sort_unstable();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    (
+        Percentiles {
+            median: pct(0.5),
+            p99: pct(0.99),
+            p999: pct(0.999),
+        },
+        yes,
+    )
+}
+
+struct Scaled {
+    snap: Snapshot,
+    reqs: Vec<Request>,
+}
+
+/// Loads, compiles and measures one bundle; prints its row and returns its JSON object.
+fn scale_row(
+    name: &str,
+    factor: Option<usize>,
+    at: sekimori::time::Instant,
+) -> (Scaled, serde_json::Value) {
+    let args = bundle(name, factor);
+    let (rss0, _) = memory();
+    let t = Instant::now();
+    let loaded = sekimori::policy::load(&args.out, at);
+    let load = t.elapsed();
+    assert!(
+        loaded.is_valid(),
+        "{name}: the generated bundle must be valid"
+    );
+    let t = Instant::now();
+    let snap = Snapshot::compile(&loaded, at, &RuntimeState::default()).unwrap();
+    let compile = t.elapsed();
+    let reqs = requests(&loaded, 20_000, &args);
+    drop(loaded);
+    let (rss1, _) = memory();
+    let (p, allows) = histogram(&reqs, |r| snap.decide(r).allow);
+    let held = rss1.saturating_sub(rss0) as f64 / (1024.0 * 1024.0);
     eprintln!(
-        "city: load+validate {load:?}, compile {compile:?}, {} casbin rows; decisions over {} distinct requests: median {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs ({} allows); disagreements {}",
+        "scale {name:>5}: {} assets, {} grants, {} casbin rows; load+validate {:.3} s, compile {:.3} s, snapshot ≈ {held:.0} MiB; decision median {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs ({allows} of {} allowed); disagreements {}",
+        args.assets,
+        args.grants,
         snap.rows(),
+        load.as_secs_f64(),
+        compile.as_secs_f64(),
+        p.median,
+        p.p99,
+        p.p999,
         reqs.len(),
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        allows / 2,
         snap.disagreements()
     );
+    let json = serde_json::json!({
+        "scale": name, "assets": args.assets, "grants": args.grants, "rows": snap.rows(),
+        "load_s": load.as_secs_f64(), "compile_s": compile.as_secs_f64(),
+        "snapshot_mib": held, "median_us": p.median, "p99_us": p.p99, "p999_us": p.p999,
+    });
+    (Scaled { snap, reqs }, json)
+}
+
+/// The baseline: plain casbin, as anyone would run it, over the city's exported files.
+fn plain_casbin(city: &Scaled) -> serde_json::Value {
+    use casbin::{CoreApi, Enforcer};
+    let dir = std::env::temp_dir().join("sekimori-bench-city-export");
+    city.snap.export(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    let enforcer = rt
+        .block_on(async {
+            let model = casbin::DefaultModel::from_file(dir.join("model.conf")).await?;
+            let adapter = casbin::FileAdapter::new(dir.join("policy.csv"));
+            Enforcer::new(model, adapter).await
+        })
+        .unwrap();
+    let load = t.elapsed();
+    let tuples: Vec<[String; 12]> = city.reqs.iter().map(request_tuple).collect();
+    // Same answers as sekimori's (the explainer agrees with Casbin on every request).
+    for (tuple, req) in tuples.iter().zip(&city.reqs).take(2_000) {
+        let plain = enforcer.enforce(tuple.to_vec()).unwrap();
+        assert_eq!(plain, city.snap.decide(req).allow, "plain casbin disagrees");
+    }
+    let (p, _) = histogram(&tuples, |t| enforcer.enforce(t.to_vec()).unwrap());
+    let (ours, _) = histogram(&city.reqs, |r| city.snap.decide(r).allow);
+    eprintln!(
+        "baseline plain casbin Enforcer (default role manager, FileAdapter) on the city's export: load {:.2} s; decision median {:.2} µs, p99 {:.2} µs — sekimori in the same run: median {:.2} µs, p99 {:.2} µs (ratio {:.2}×)",
+        load.as_secs_f64(),
+        p.median,
+        p.p99,
+        ours.median,
+        ours.p99,
+        p.median / ours.median
+    );
+    serde_json::json!({
+        "load_s": load.as_secs_f64(), "median_us": p.median, "p99_us": p.p99,
+        "sekimori_median_us": ours.median, "sekimori_p99_us": ours.p99,
+    })
+}
+
+/// What bounds a decision: casbin-rs's cost per `enforce` with the same 12-field request
+/// and one policy row, for a trivial matcher, one `g()` call, and one string comparison.
+fn casbin_floor(reqs: &[Request]) -> serde_json::Value {
+    use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
+    let tuples: Vec<[String; 12]> = reqs.iter().map(request_tuple).collect();
+    let mut out = serde_json::Map::new();
+    for (label, matcher) in [
+        ("trivial", "p.rule == \"allow\""),
+        (
+            "one g()",
+            "p.rule == \"allow\" && g(r.sys, \"holder\", r.obj)",
+        ),
+        (
+            "five g()",
+            "p.rule == \"allow\" && (g(r.sys, \"a\", r.obj) || g(r.sys, \"b\", r.obj) || g(r.sys, \"c\", r.obj) || g(r.sys, \"d\", r.obj) || g(r.sys, \"holder\", r.obj))",
+        ),
+        (
+            "five comparisons",
+            "p.rule == \"allow\" && (r.act == \"a\" || r.act == \"b\" || r.act == \"c\" || r.act == \"d\" || r.act != \"e\")",
+        ),
+    ] {
+        let conf = format!(
+            "[request_definition]\nr = sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass, actp\n[policy_definition]\np = rule, eft\n[role_definition]\ng = _, _, _\n[policy_effect]\ne = priority(p.eft) || deny\n[matchers]\nm = {matcher}\n"
+        );
+        let model = pollster::block_on(DefaultModel::from_str(&conf)).unwrap();
+        let mut e = pollster::block_on(Enforcer::new(model, MemoryAdapter::default())).unwrap();
+        pollster::block_on(e.add_policy(vec!["allow".into(), "allow".into()])).unwrap();
+        for t in &tuples {
+            let _ = pollster::block_on(
+                e.add_named_grouping_policy("g", vec![t[0].clone(), "holder".into(), t[6].clone()]),
+            );
+        }
+        let (p, yes) = histogram(&tuples, |t| e.enforce(t.to_vec()).unwrap());
+        assert!(yes > 0);
+        eprintln!(
+            "casbin-rs floor, {label}: median {:.2} µs, p99 {:.2} µs",
+            p.median, p.p99
+        );
+        out.insert(
+            label.into(),
+            serde_json::json!({"median_us": p.median, "p99_us": p.p99}),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
+fn city(c: &mut Criterion) {
+    sample_reload();
+    let at = parse_policy_time("2026-06-01T12:00:00+09:00").unwrap();
+    let wanted = std::env::var("BENCH_SCALES").unwrap_or_else(|_| "1,10,100,city".into());
+    let mut rows = Vec::new();
+    for (name, factor) in [
+        ("1", Some(1)),
+        ("10", Some(10)),
+        ("100", Some(100)),
+        ("city", None),
+    ] {
+        if wanted.split(',').any(|w| w.trim() == name) && name != "city" {
+            let (scaled, json) = scale_row(name, factor, at);
+            drop(scaled);
+            rows.push(json);
+        }
+    }
+    let (city, json) = scale_row("city", None, at);
+    rows.push(json);
+    let baseline = plain_casbin(&city);
+    let floor = casbin_floor(&city.reqs);
+    let (_, peak) = memory();
+    eprintln!(
+        "peak resident memory of the process (VmHWM): {:.0} MiB",
+        peak as f64 / (1024.0 * 1024.0)
+    );
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    let report = serde_json::json!({
+        "scales": rows, "plain_casbin": baseline, "casbin_floor": floor,
+        "peak_rss_mib": peak as f64 / (1024.0 * 1024.0),
+    });
+    std::fs::write(
+        out.join("decision-scaling.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    let reqs = &city.reqs;
+    let snap = &city.snap;
     let mut i = 0;
     c.bench_function("decide/city-100k-assets-50k-grants", |b| {
         b.iter(|| {

@@ -1,4 +1,4 @@
-//! The auditors' queries over the store: filters, paging by sequence number, export in
+//! The auditors' queries over the store: filters, paging in time order, export in
 //! chunks, summaries. Every filter is a bound parameter on an indexed column.
 
 use super::store::{Store, StoreError};
@@ -42,6 +42,25 @@ pub struct Row {
     pub kind: String,
     pub body: Vec<u8>,
     pub hash: Vec<u8>,
+}
+
+/// Where a page ends: records are ordered by recorded time, ties (and clock steps) broken
+/// by sequence number, so every index `(column, time_us)` — which SQLite extends with the
+/// row id, `seq` — yields a page in order without sorting the matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub time_us: i64,
+    pub seq: u64,
+}
+
+impl Row {
+    /// The cursor that continues after this row.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            time_us: self.time_us,
+            seq: self.seq,
+        }
+    }
 }
 
 /// What a summary counts by.
@@ -141,27 +160,31 @@ fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 impl Store {
-    /// One page of records matching `filter`, after (or before, newest first) `cursor`.
+    /// One page of records matching `filter` in time order (newest first unless
+    /// `oldest_first`), after `cursor`.
     pub fn query(
         &self,
         filter: &Filter,
-        cursor: Option<u64>,
+        cursor: Option<Cursor>,
         oldest_first: bool,
         limit: usize,
     ) -> Result<Vec<Row>, StoreError> {
         let (mut clause, mut params) = where_clause(filter);
         if let Some(c) = cursor {
-            params.push(SqlValue::Integer(i64::try_from(c).unwrap_or(i64::MAX)));
+            params.push(SqlValue::Integer(c.time_us));
+            params.push(SqlValue::Integer(i64::try_from(c.seq).unwrap_or(i64::MAX)));
+            // A row value comparison: SQLite walks the index from the cursor.
             clause.push_str(&format!(
-                " AND seq {} ?{}",
+                " AND (time_us, seq) {} (?{}, ?{})",
                 if oldest_first { ">" } else { "<" },
+                params.len() - 1,
                 params.len()
             ));
         }
         params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let dir = if oldest_first { "ASC" } else { "DESC" };
         let sql = format!(
-            "SELECT {ROW_COLUMNS} FROM records WHERE {clause} ORDER BY seq {} LIMIT ?{}",
-            if oldest_first { "ASC" } else { "DESC" },
+            "SELECT {ROW_COLUMNS} FROM records WHERE {clause} ORDER BY time_us {dir}, seq {dir} LIMIT ?{}",
             params.len()
         );
         let mut stmt = self.connection().prepare_cached(&sql)?;

@@ -115,7 +115,7 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::GetStatusRequest>,
     ) -> Result<Response<proto::GetStatusResponse>, Status> {
-        operator(&self.tokens, &req, &ANY_OPERATOR)?;
+        operator(&self.tokens, self.living.pdp(), &req, &ANY_OPERATOR)?;
         let snap = self.living.pdp().snapshot();
         let loaded = self.living.loaded();
         let info = self.living.info();
@@ -197,7 +197,7 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::ReloadRequest>,
     ) -> Result<Response<proto::ReloadResponse>, Status> {
-        let op = operator(&self.tokens, &req, &RELOADERS)?;
+        let op = operator(&self.tokens, self.living.pdp(), &req, &RELOADERS)?;
         let outcome = self
             .living
             .reload_files(&format!("Reload RPC by {}", op.subject.sub))
@@ -211,7 +211,7 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::DeclareEmergencyRequest>,
     ) -> Result<Response<proto::ChangeResponse>, Status> {
-        let op = operator(&self.tokens, &req, &CISO)?;
+        let op = operator(&self.tokens, self.living.pdp(), &req, &CISO)?;
         let e = req
             .into_inner()
             .emergency
@@ -237,7 +237,7 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::EndRequest>,
     ) -> Result<Response<proto::ChangeResponse>, Status> {
-        let op = operator(&self.tokens, &req, &CISO)?;
+        let op = operator(&self.tokens, self.living.pdp(), &req, &CISO)?;
         let id = req.into_inner().id;
         changed(self.living.end_emergency(&id, &op.subject.sub).await)
     }
@@ -246,7 +246,7 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::DeclareLockdownRequest>,
     ) -> Result<Response<proto::ChangeResponse>, Status> {
-        let op = operator(&self.tokens, &req, &RELOADERS)?;
+        let op = operator(&self.tokens, self.living.pdp(), &req, &RELOADERS)?;
         let l = req
             .into_inner()
             .lockdown
@@ -274,7 +274,7 @@ impl Admin for AdminService {
         &self,
         req: Request<proto::EndRequest>,
     ) -> Result<Response<proto::ChangeResponse>, Status> {
-        let op = operator(&self.tokens, &req, &CISO)?;
+        let op = operator(&self.tokens, self.living.pdp(), &req, &CISO)?;
         let id = req.into_inner().id;
         changed(self.living.lift_lockdown(&id, &op.subject.sub).await)
     }

@@ -4,7 +4,7 @@
 
 use super::proto;
 use super::proto::audit_server::Audit;
-use crate::audit::query::{Filter, Row, SummaryBy};
+use crate::audit::query::{Cursor, Filter, Row, SummaryBy};
 use crate::audit::record::{Record, RecordKind, SubjectRef};
 use crate::audit::store::Store;
 use crate::auth::token::{TokenVerifier, VerifiedToken};
@@ -37,14 +37,29 @@ impl std::fmt::Debug for AuditService {
     }
 }
 
-/// The bearer token of an operator call, verified, with one of `roles`.
+/// The bearer token of an operator call, verified, with one of `roles`. The client
+/// certificate must not be a business system's: systems use the Access API only, so a
+/// system that obtained an operator's token still cannot read the log or change state.
 pub fn operator<T>(
     tokens: &TokenVerifier,
+    pdp: &Pdp,
     req: &Request<T>,
     roles: &[&str],
 ) -> Result<VerifiedToken, Status> {
-    if req.peer_certs().is_none_or(|c| c.is_empty()) {
+    let Some(leaf) = req.peer_certs().and_then(|c| c.first().cloned()) else {
         return Err(Status::unauthenticated("a client certificate is required"));
+    };
+    let identities = crate::auth::certificate_identities(leaf.as_ref());
+    match pdp.system_for(&identities) {
+        Ok(None) => {}
+        Ok(Some(_)) => {
+            crate::metrics::rejection("system_on_operator_api");
+            return Err(Status::permission_denied(
+                "business systems may only use the access API; operator calls need an operator certificate",
+            ));
+        }
+        // Without a policy it is unknown who is a system: refuse.
+        Err(_) => return Err(Status::unavailable("no policy is loaded")),
     }
     let header = req
         .metadata()
@@ -109,13 +124,14 @@ fn row_to_proto(r: Row) -> proto::LogRecord {
     }
 }
 
-const CURSOR_PREFIX: &str = "sekimori-query-v1:";
+const CURSOR_PREFIX: &str = "sekimori-query-v2:";
 
-fn encode_cursor(seq: u64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{CURSOR_PREFIX}{seq}"))
+fn encode_cursor(c: Cursor) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{CURSOR_PREFIX}{}:{}", c.time_us, c.seq))
 }
 
-fn decode_cursor(token: &str) -> Result<Option<u64>, Status> {
+fn decode_cursor(token: &str) -> Result<Option<Cursor>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -124,10 +140,14 @@ fn decode_cursor(token: &str) -> Result<Option<u64>, Status> {
         .decode(token)
         .map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-    text.strip_prefix(CURSOR_PREFIX)
-        .and_then(|n| n.parse().ok())
-        .map(Some)
-        .ok_or_else(invalid)
+    let (time, seq) = text
+        .strip_prefix(CURSOR_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(invalid)?;
+    Ok(Some(Cursor {
+        time_us: time.parse().map_err(|_| invalid())?,
+        seq: seq.parse().map_err(|_| invalid())?,
+    }))
 }
 
 fn unavailable() -> Status {
@@ -151,7 +171,7 @@ impl AuditService {
 
     /// Authorizes the call and records it (who, which call, which filter) before answering.
     async fn admit<T>(&self, req: &Request<T>, call: &str, what: &str) -> Result<(), Status> {
-        let op = operator(&self.tokens, req, &AUDIT_ROLES)?;
+        let op = operator(&self.tokens, &self.pdp, req, &AUDIT_ROLES)?;
         let mut r = Record::new(RecordKind::Audit);
         r.subject = Some(SubjectRef {
             sub: op.subject.sub.clone(),
@@ -209,7 +229,7 @@ impl Audit for AuditService {
         rows.truncate(limit);
         let next = if more {
             rows.last()
-                .map(|r| encode_cursor(r.seq))
+                .map(|r| encode_cursor(r.cursor()))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -260,7 +280,7 @@ impl Audit for AuditService {
                 match store.query(&filter, cursor, oldest_first, EXPORT_CHUNK) {
                     Ok(rows) if rows.is_empty() => break,
                     Ok(rows) => {
-                        cursor = rows.last().map(|r| r.seq);
+                        cursor = rows.last().map(Row::cursor);
                         let last = rows.len() < EXPORT_CHUNK;
                         let chunk = proto::ExportChunk {
                             records: rows.into_iter().map(row_to_proto).collect(),

@@ -1,0 +1,628 @@
+//! `sekimori-load`: a gRPC load tool for `Access.Check` over mutual TLS.
+//!
+//! In one run it starts two servers as child processes on loopback — `sekimori serve --dev`
+//! (durable decision log, real subject tokens verified, the given policy directory) and an
+//! empty tonic handler with the same TLS set-up and the same message shapes — and sends both
+//! the same load: the same requests, in the same order, over the same number of connections
+//! and concurrent callers. It prints a JSON summary per target (calls/s, p50/p90/p99/p999,
+//! errors by gRPC status) and the throughput ratio sekimori / empty handler, which SPEC §11
+//! wants at least 0.5 with sekimori's p99 at most 5 ms.
+//!
+//! `--pin` runs the servers on core 0 and the load on core 1 (through `taskset`), so the
+//! two do not compete for the same core.
+//!
+//! Build both binaries, then run: `cargo build --release --bins && target/release/sekimori-load`.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sekimori::devpki::{self, DevPaths, TokenClaims};
+use sekimori::server::proto::access_client::AccessClient;
+use sekimori::server::proto::access_server::{Access, AccessServer};
+use sekimori::server::proto::{
+    BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse, Decision, Environment,
+    ListAccessibleRequest, ListAccessibleResponse, Obligation, Rule,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "sekimori-load",
+    about = "Load Access.Check of sekimori and of an empty tonic handler, in one run"
+)]
+struct Args {
+    /// Concurrent callers (each awaits its answer before sending the next request).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections, spread over the systems that hold assets.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How long to measure each target (after `--warmup`), e.g. `10s`, `500ms`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Stop each target after this many calls instead (overrides `--duration`).
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Load before measuring, per target.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Which servers to load.
+    #[arg(long, value_enum, default_value = "both")]
+    target: Target,
+    /// Policy directory served by sekimori (the requests are drawn from it).
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
+    /// The `sekimori` binary (default: beside this one).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Servers on core 0, load on core 1 (needs `taskset` and two cores).
+    #[arg(long)]
+    pin: bool,
+    /// Also write the JSON summary to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Serve the empty handler on this address with the dev certificates in `--data`, then
+    /// wait (used by the tool itself).
+    #[arg(long, hide = true)]
+    serve_empty: Option<String>,
+    #[arg(long, hide = true)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Both,
+    Sekimori,
+    Empty,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (num, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("not a duration: {text}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("unknown unit in {text} (use ms, s or m)")),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.pin && std::env::var_os("SEKIMORI_LOAD_PINNED").is_none() {
+        // Re-run this process on core 1; the servers it starts go to core 0.
+        let status = Command::new("taskset")
+            .arg("-c")
+            .arg("1")
+            .arg(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("SEKIMORI_LOAD_PINNED", "1")
+            .status()
+            .context("running taskset (util-linux) for --pin")?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if let Some(addr) = &args.serve_empty {
+        let data = args.data.clone().context("--serve-empty needs --data")?;
+        return rt.block_on(serve_empty(addr, &data));
+    }
+    rt.block_on(run(args))
+}
+
+// ---------------------------------------------------------------------------------------
+// The empty handler: TLS with required client certificates, same messages, no work.
+
+struct Empty {
+    response: CheckResponse,
+}
+
+#[tonic::async_trait]
+impl Access for Empty {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.response.clone()))
+    }
+
+    async fn batch_check(
+        &self,
+        _request: tonic::Request<BatchCheckRequest>,
+    ) -> Result<tonic::Response<BatchCheckResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("empty handler"))
+    }
+
+    async fn list_accessible(
+        &self,
+        _request: tonic::Request<ListAccessibleRequest>,
+    ) -> Result<tonic::Response<ListAccessibleResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("empty handler"))
+    }
+}
+
+/// A response the size and shape of a real allow with an obligation.
+fn typical_response() -> CheckResponse {
+    CheckResponse {
+        decision: Some(Decision {
+            allow: true,
+            reason: "grant".into(),
+            message_ja: "付与 shimin-juki-read により許可されます。".into(),
+            message_en: "Allowed by grant shimin-juki-read.".into(),
+            rule: Some(Rule {
+                kind: "allow".into(),
+                id: "grant".into(),
+                source: "grants/shimin.yaml:3:7".into(),
+            }),
+            obligations: vec![Obligation {
+                kind: "log_purpose".into(),
+                text: "利用目的を記録すること".into(),
+            }],
+            label: "機密性3 / 完全性2 / 可用性2".into(),
+            policy_version: "sha256:0123456789abcdef".into(),
+            decision_id: "01936b1e-7c3a-7d2e-9f00-0123456789ab".into(),
+        }),
+    }
+}
+
+async fn serve_empty(addr: &str, data: &Path) -> anyhow::Result<()> {
+    let paths = DevPaths::new(data);
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            std::fs::read(paths.server_cert())?,
+            std::fs::read(paths.server_key())?,
+        ))
+        .client_ca_root(Certificate::from_pem(std::fs::read(paths.ca_cert())?));
+    let service = AccessServer::new(Empty {
+        response: typical_response(),
+    });
+    Server::builder()
+        .tls_config(tls)?
+        .add_service(service)
+        .serve_with_shutdown(addr.parse()?, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The load.
+
+/// One connection's system and the requests its callers send, in order.
+struct Stream {
+    system: String,
+    requests: Vec<CheckRequest>,
+}
+
+/// Draws a realistic mix from the bundle: for every asset, staff of its owner section and
+/// of another section, named grant users and contractors, over common actions, some from
+/// unmanaged devices, some with a purpose. Tokens are signed once per person (as an
+/// identity provider would issue them) and reused.
+fn workload(policies: &Path, paths: &DevPaths) -> anyhow::Result<Vec<Stream>> {
+    let loaded = sekimori::policy::load(policies, chrono::Utc::now());
+    if !loaded.is_valid() {
+        bail!(
+            "`{}` is not a valid bundle (run `sekimori policy check`)",
+            policies.display()
+        );
+    }
+    let b = &loaded.bundle;
+    let key = std::fs::read_to_string(paths.token_key())?;
+    let sections: Vec<String> = b.sections().map(|s| s.id.value.clone()).collect();
+    if sections.is_empty() {
+        bail!("the bundle has no sections");
+    }
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    let mut token = |claims: TokenClaims| -> anyhow::Result<String> {
+        let key_id = format!("{}/{:?}/{:?}", claims.sub, claims.section, claims.contract);
+        if let Some(t) = tokens.get(&key_id) {
+            return Ok(t.clone());
+        }
+        let t = devpki::sign_token(&key, &claims)?;
+        tokens.insert(key_id, t.clone());
+        Ok(t)
+    };
+    let grant_users: Vec<String> = b
+        .grants
+        .iter()
+        .flat_map(|g| g.subjects.users.iter().map(|u| u.value.clone()))
+        .collect();
+    let actions = ["read", "read", "read", "update", "print", "export"];
+    let mut by_system: BTreeMap<String, Vec<CheckRequest>> = BTreeMap::new();
+    for (i, asset) in b.assets.iter().enumerate() {
+        let Some(system) = asset.systems.first() else {
+            continue;
+        };
+        let owner = asset.owner.value.clone();
+        let other = sections[(i * 7 + 3) % sections.len()].clone();
+        let amr = |k: usize| -> Vec<String> {
+            if k % 3 == 0 {
+                vec!["pwd".into()]
+            } else {
+                vec!["pwd".into(), "fpt".into()]
+            }
+        };
+        let mut subjects = vec![
+            TokenClaims {
+                sub: format!("e-{owner}-{}", i % 5),
+                section: Some(owner.clone()),
+                amr: amr(i),
+                ttl_secs: 4 * 3600,
+                ..TokenClaims::default()
+            },
+            TokenClaims {
+                sub: format!("e-{other}-{}", i % 5),
+                section: Some(other),
+                amr: amr(i + 1),
+                ttl_secs: 4 * 3600,
+                ..TokenClaims::default()
+            },
+        ];
+        if !grant_users.is_empty() {
+            subjects.push(TokenClaims {
+                sub: grant_users[i % grant_users.len()].clone(),
+                section: Some(owner.clone()),
+                amr: amr(i + 2),
+                ttl_secs: 4 * 3600,
+                ..TokenClaims::default()
+            });
+        }
+        if let Some(c) = b.contracts.get(i % b.contracts.len().max(1)) {
+            subjects.push(TokenClaims {
+                sub: format!("x-{}", c.id.value),
+                kind: Some("contractor".into()),
+                contract: Some(c.id.value.clone()),
+                amr: amr(i),
+                ttl_secs: 4 * 3600,
+                ..TokenClaims::default()
+            });
+        }
+        for (k, claims) in subjects.into_iter().enumerate() {
+            let subject_token = token(claims)?;
+            for (j, action) in actions.iter().enumerate() {
+                let n = i + k + j;
+                by_system
+                    .entry(system.value.clone())
+                    .or_default()
+                    .push(CheckRequest {
+                        subject_token: subject_token.clone(),
+                        asset: asset.id.value.clone(),
+                        action: (*action).into(),
+                        env: Some(Environment {
+                            device_issued: n % 10 != 0,
+                            purpose: if n % 2 == 0 {
+                                "jumin-kiroku".into()
+                            } else {
+                                String::new()
+                            },
+                            break_glass_reason: String::new(),
+                        }),
+                        request_id: String::new(),
+                    });
+            }
+        }
+    }
+    Ok(by_system
+        .into_iter()
+        .map(|(system, requests)| Stream { system, requests })
+        .collect())
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    allows: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+async fn connect(addr: &str, paths: &DevPaths, system: &str) -> anyhow::Result<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(paths.ca_cert())?))
+        .identity(Identity::from_pem(
+            std::fs::read(paths.client_cert(system))?,
+            std::fs::read(paths.client_key(system))?,
+        ))
+        .domain_name("localhost");
+    Ok(Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
+/// Sends the load to `addr` for `warmup`, then measures for `duration` (or `requests`).
+async fn load(
+    args: &Args,
+    addr: &str,
+    paths: &DevPaths,
+    streams: &Arc<Vec<Stream>>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut channels = Vec::new();
+    for c in 0..args.connections.max(1) {
+        let stream = c % streams.len();
+        let system = &streams[stream].system;
+        channels.push((stream, connect(addr, paths, system).await?));
+    }
+    let mut result = serde_json::Value::Null;
+    for (phase, length) in [("warmup", args.warmup), ("measure", args.duration)] {
+        let budget = match (phase, args.requests) {
+            ("measure", Some(n)) => Some(n),
+            _ => None,
+        };
+        let per_task = budget.map(|n| n.div_ceil(args.concurrency.max(1) as u64));
+        let started = Instant::now();
+        let deadline = started + length;
+        let mut tasks = Vec::new();
+        for t in 0..args.concurrency.max(1) {
+            let (stream, channel) = channels[t % channels.len()].clone();
+            let streams = Arc::clone(streams);
+            tasks.push(tokio::spawn(async move {
+                let mut client = AccessClient::new(channel);
+                let reqs = &streams[stream].requests;
+                let mut tally = Tally::default();
+                let mut i = t * 7919;
+                loop {
+                    let done = match per_task {
+                        Some(n) => {
+                            tally.latencies_us.len() as u64 + tally.errors.values().sum::<u64>()
+                                >= n
+                        }
+                        None => Instant::now() >= deadline,
+                    };
+                    if done {
+                        break;
+                    }
+                    let req = reqs[i % reqs.len()].clone();
+                    i += 1;
+                    let t0 = Instant::now();
+                    match client.check(req).await {
+                        Ok(resp) => {
+                            let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            tally.latencies_us.push(us);
+                            if resp.into_inner().decision.is_some_and(|d| d.allow) {
+                                tally.allows += 1;
+                            }
+                        }
+                        Err(status) => {
+                            *tally
+                                .errors
+                                .entry(format!("{:?}", status.code()))
+                                .or_default() += 1;
+                        }
+                    }
+                }
+                tally
+            }));
+        }
+        let mut all = Tally::default();
+        for task in tasks {
+            let t = task.await?;
+            all.latencies_us.extend(t.latencies_us);
+            all.allows += t.allows;
+            for (k, v) in t.errors {
+                *all.errors.entry(k).or_default() += v;
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        all.latencies_us.sort_unstable();
+        let lat = &all.latencies_us;
+        let pct = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return 0.0;
+            }
+            f64::from(lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)]) / 1000.0
+        };
+        let ok = lat.len() as u64;
+        let errors: u64 = all.errors.values().sum();
+        result = serde_json::json!({
+            "calls": ok + errors,
+            "ok": ok,
+            "allows": all.allows,
+            "seconds": wall,
+            "rps": ok as f64 / wall,
+            "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+            "errors": all.errors,
+        });
+    }
+    Ok(result)
+}
+
+/// A child server process, killed when dropped.
+struct ChildServer(Child);
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A scratch directory for the run's certificates, decision log and server logs.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> anyhow::Result<WorkDir> {
+        let dir = std::env::temp_dir().join(format!("sekimori-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(WorkDir(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Resident and peak resident memory of a process, in MiB (Linux `/proc`; `taskset`
+/// execs the server in place, so the pid is the server's either way).
+fn memory_of(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(args: &Args, program: &Path, argv: &[String], log: &Path) -> anyhow::Result<ChildServer> {
+    let mut cmd = if args.pin {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg("0").arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let log_file = std::fs::File::create(log)?;
+    let child = cmd
+        .args(argv)
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(ChildServer(child))
+}
+
+/// Waits until a Check over TLS gets any gRPC answer.
+async fn wait_ready(
+    addr: &str,
+    paths: &DevPaths,
+    stream: &Stream,
+    child: &mut ChildServer,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Some(status) = child.0.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("the server exited ({status}) before it was ready:\n{text}");
+        }
+        if let Ok(channel) = connect(addr, paths, &stream.system).await {
+            let mut client = AccessClient::new(channel);
+            if let Some(req) = stream.requests.first() {
+                if client.check(req.clone()).await.is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!(
+        "the server at {addr} was not ready within 60 s (log: {})",
+        log.display()
+    )
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let work = WorkDir::new()?;
+    let data = work.path().join("data");
+    let paths = DevPaths::new(&data);
+    let loaded = sekimori::policy::load(&args.policies, chrono::Utc::now());
+    let systems: Vec<(String, String)> = loaded
+        .bundle
+        .systems
+        .iter()
+        .map(|s| (s.id.value.clone(), s.identity.value.clone()))
+        .collect();
+    devpki::ensure(&paths, &systems)?;
+    let streams = Arc::new(workload(&args.policies, &paths)?);
+    if streams.is_empty() {
+        bail!("the bundle has no assets held by a system");
+    }
+    let me = std::env::current_exe()?;
+    let server_bin = match &args.server_bin {
+        Some(p) => p.clone(),
+        None => me.with_file_name("sekimori"),
+    };
+    let mut summary = serde_json::Map::new();
+    summary.insert(
+        "load".into(),
+        serde_json::json!({
+            "concurrency": args.concurrency, "connections": args.connections,
+            "duration_s": args.duration.as_secs_f64(), "requests": args.requests,
+            "warmup_s": args.warmup.as_secs_f64(), "pinned": args.pin,
+            "distinct_requests": streams.iter().map(|s| s.requests.len()).sum::<usize>(),
+            "policies": args.policies.display().to_string(),
+        }),
+    );
+    let targets: &[Target] = match args.target {
+        Target::Both => &[Target::Empty, Target::Sekimori],
+        t => std::slice::from_ref(match t {
+            Target::Empty => &Target::Empty,
+            _ => &Target::Sekimori,
+        }),
+    };
+    for target in targets {
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let log = work.path().join(format!("{target:?}.log"));
+        let argv: Vec<String> = match target {
+            Target::Empty => vec![
+                "--serve-empty".into(),
+                addr.clone(),
+                "--data".into(),
+                data.display().to_string(),
+            ],
+            _ => vec![
+                "serve".into(),
+                "--dev".into(),
+                "--data".into(),
+                data.display().to_string(),
+                "--policies".into(),
+                args.policies.display().to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--metrics".into(),
+                "off".into(),
+            ],
+        };
+        let program = if *target == Target::Empty {
+            &me
+        } else {
+            &server_bin
+        };
+        let mut child = spawn(&args, program, &argv, &log)?;
+        wait_ready(&addr, &paths, &streams[0], &mut child, &log).await?;
+        let mut result = load(&args, &addr, &paths, &streams).await?;
+        if let Some((rss, peak)) = memory_of(child.0.id()) {
+            result["server_rss_mib"] = serde_json::json!(rss);
+            result["server_peak_rss_mib"] = serde_json::json!(peak);
+        }
+        drop(child);
+        eprintln!("{}: {}", format!("{target:?}").to_lowercase(), result);
+        summary.insert(format!("{target:?}").to_lowercase(), result);
+    }
+    if let (Some(s), Some(e)) = (summary.get("sekimori"), summary.get("empty")) {
+        let ratio = s["rps"].as_f64().unwrap_or(0.0) / e["rps"].as_f64().unwrap_or(f64::MAX);
+        summary.insert("ratio_sekimori_to_empty".into(), serde_json::json!(ratio));
+    }
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(summary))?;
+    println!("{text}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, &text)?;
+    }
+    Ok(())
+}
