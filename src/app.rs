@@ -41,8 +41,10 @@ pub enum AppError {
         #[source]
         source: crate::audit::store::StoreError,
     },
-    #[error("the decision log cannot commit; refusing to serve without it")]
-    LogUnavailable,
+    #[error(
+        "the decision log `{path}` cannot commit (read-only or full filesystem? see the log lines above); refusing to serve without it"
+    )]
+    LogUnavailable { path: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error("cannot serve metrics on {addr}: {message}")]
@@ -172,7 +174,9 @@ impl App {
         self.pdp
             .record_event(start)
             .await
-            .map_err(|_| AppError::LogUnavailable)?;
+            .map_err(|_| AppError::LogUnavailable {
+                path: self.log.path().display().to_string(),
+            })?;
         let refresher = tokio::spawn(refresh_at_windows(self.living.clone()));
         let watcher = watch_policy_dir(self.living.clone(), &self.config.policy_dir)?;
         let hangup = tokio::spawn(reload_on_sighup(self.living.clone()));
@@ -206,18 +210,40 @@ impl App {
     }
 }
 
-/// Longest wait between recompilations even without a window change (guards against a
-/// wall clock that jumped).
+/// Longest wait between recompilations even without a window change.
 const MAX_SNAPSHOT_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// How often the wall clock is compared with the snapshot's validity, so that a clock that
+/// steps (NTP correction, a resumed virtual machine) is noticed within this long. Timers run
+/// on the monotonic clock and would not notice a step by themselves.
+const CLOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a snapshot compiled for `facts.at` no longer describes `now`: a grant, contract,
+/// emergency or lockdown started or ended since (`now` reached `next_change`), or the clock
+/// went back before the time it was compiled for (something that had started has not yet).
+pub fn snapshot_is_stale(facts: &crate::engine::facts::Facts, now: crate::time::Instant) -> bool {
+    facts.next_change.is_some_and(|t| now >= t) || facts.at.is_some_and(|at| now < at)
+}
+
 async fn refresh_at_windows(living: Arc<Living>) {
+    let mut compiled = tokio::time::Instant::now();
     loop {
+        // Sleep until the next change if it is sooner than the next clock check.
         let next = living.pdp().snapshot().and_then(|s| s.facts().next_change);
         let wait = next
             .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
-            .map_or(MAX_SNAPSHOT_AGE, |d| d.min(MAX_SNAPSHOT_AGE));
+            .map_or(CLOCK_CHECK, |d| d.min(CLOCK_CHECK));
         tokio::time::sleep(wait + std::time::Duration::from_millis(1)).await;
-        // On failure the last good snapshot keeps serving; the next wait tries again.
+        let now = chrono::Utc::now();
+        let stale = living
+            .pdp()
+            .snapshot()
+            .is_some_and(|s| snapshot_is_stale(s.facts(), now));
+        if !stale && compiled.elapsed() < MAX_SNAPSHOT_AGE {
+            continue;
+        }
+        compiled = tokio::time::Instant::now();
+        // On failure the last good snapshot keeps serving; the next check tries again.
         if let Err(e) = living.recompile().await {
             tracing::error!(error = %e, "recompiling the policy failed; the last good version keeps serving");
         }
@@ -309,5 +335,37 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_is_stale;
+    use crate::engine::facts::Facts;
+    use crate::time::parse_policy_time;
+
+    #[test]
+    fn a_clock_step_either_way_makes_the_snapshot_stale() {
+        let t = |s: &str| parse_policy_time(s).unwrap();
+        let facts = Facts {
+            at: Some(t("2026-06-01T12:00:00+09:00")),
+            next_change: Some(t("2026-06-01T17:00:00+09:00")),
+            ..Facts::default()
+        };
+        // Time passing normally.
+        assert!(!snapshot_is_stale(&facts, t("2026-06-01T12:00:01+09:00")));
+        assert!(!snapshot_is_stale(&facts, t("2026-06-01T16:59:59+09:00")));
+        // The window boundary, reached normally or by a step forward of hours.
+        assert!(snapshot_is_stale(&facts, t("2026-06-01T17:00:00+09:00")));
+        assert!(snapshot_is_stale(&facts, t("2026-06-02T09:00:00+09:00")));
+        // A step back before the time the snapshot was compiled for.
+        assert!(snapshot_is_stale(&facts, t("2026-06-01T11:59:59+09:00")));
+        // Nothing ever changes: only a step back matters.
+        let still = Facts {
+            at: facts.at,
+            ..Facts::default()
+        };
+        assert!(!snapshot_is_stale(&still, t("2030-01-01T00:00:00+09:00")));
+        assert!(snapshot_is_stale(&still, t("2020-01-01T00:00:00+09:00")));
     }
 }

@@ -125,6 +125,12 @@ impl Store {
         Ok(())
     }
 
+    /// Refuses (or allows again) every write on this connection, as a read-only store does.
+    pub fn set_query_only(&self, on: bool) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "query_only", on)?;
+        Ok(())
+    }
+
     /// A (seq, hash) row from `sql`, if there is one.
     fn head_row(&self, sql: &str) -> Result<Option<Head>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;

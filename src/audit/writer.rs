@@ -45,8 +45,19 @@ impl Default for CheckpointPolicy {
 
 enum Message {
     Append(Vec<Record>, oneshot::Sender<Result<(), LogError>>),
-    /// Tests: limit the database size (0 = no limit), to simulate a full disk.
-    MaxPages(u64, oneshot::Sender<()>),
+    Fault(Fault, oneshot::Sender<()>),
+}
+
+/// Faults the fault tests inject into the store, at SQLite's level, where a real disk's
+/// failure arrives. (A filesystem cannot be remounted read-only while the log is open for
+/// writing, so a store turning read-only under a running service is simulated here; a real
+/// full disk and a read-only directory at start are tested with real filesystems.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Limit the database to this many pages (0 = no limit): a full disk.
+    MaxPages(u64),
+    /// Refuse every write (`PRAGMA query_only`), as SQLite does on a read-only store.
+    ReadOnly(bool),
 }
 
 /// Observable state of the writer.
@@ -111,8 +122,11 @@ impl LogWriter {
                             group.extend(records);
                             waiters.push(reply);
                         }
-                        Message::MaxPages(n, reply) => {
-                            let _ = store.set_max_pages(n);
+                        Message::Fault(fault, reply) => {
+                            let _ = match fault {
+                                Fault::MaxPages(n) => store.set_max_pages(n),
+                                Fault::ReadOnly(on) => store.set_query_only(on),
+                            };
                             let _ = reply.send(());
                         }
                     };
@@ -214,10 +228,10 @@ impl LogWriter {
         self.healthy.clone()
     }
 
-    /// Tests: limit the store's size (0 = unlimited), to simulate a full disk.
-    pub async fn set_max_pages(&self, pages: u64) {
+    /// Fault tests: inject a store fault (see [`Fault`]); returns once it is in place.
+    pub async fn inject(&self, fault: Fault) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Message::MaxPages(pages, reply)).await.is_ok() {
+        if self.tx.send(Message::Fault(fault, reply)).await.is_ok() {
             let _ = rx.await;
         }
     }

@@ -192,9 +192,33 @@ fn collect_yaml(
         let path = entry.path();
         let child_rel = format!("{rel}/{name}");
         // `metadata` follows symbolic links (ConfigMap mounts are links into `..data`).
+        // A policy file that cannot be read is an error, never silently left out: a
+        // missing grants file would quietly change decisions.
+        let unreadable = |diags: &mut Vec<Diagnostic>, bundle: &mut Bundle, why: String| {
+            let id = bundle.sources.add(SourceFile::new(child_rel.clone(), ""));
+            diags.push(
+                Diagnostic::error(codes::UNREADABLE, Span::new(id, 0, 0), why)
+                    .hint("a policy file must be a regular, readable file (or a link to one)"),
+            );
+        };
         match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() && is_yaml(&name) => unreadable(
+                diags,
+                bundle,
+                String::from("is a directory where a policy file is expected"),
+            ),
             Ok(m) if m.is_dir() => collect_yaml(&path, &child_rel, depth + 1, out, diags, bundle),
             Ok(m) if m.is_file() && is_yaml(&name) => out.push((child_rel, path)),
+            Ok(_) if is_yaml(&name) => unreadable(
+                diags,
+                bundle,
+                String::from("is not a regular file (a pipe, socket or device)"),
+            ),
+            Err(e) if is_yaml(&name) => unreadable(
+                diags,
+                bundle,
+                format!("file cannot be read: {}", io_reason(&e)),
+            ),
             _ => {}
         }
     }

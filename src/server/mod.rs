@@ -22,6 +22,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
+use tonic::codegen::http;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -656,6 +657,9 @@ pub async fn serve(
     };
     let (incoming, acceptor) = tls_incoming(listener, tls.rustls_config()?);
     let server = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            undecodable_is_invalid_argument::<tonic::body::Body>,
+        ))
         .timeout(cfg.limits.request_timeout)
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -676,4 +680,24 @@ pub async fn serve(
     };
     acceptor.abort();
     outcome
+}
+
+/// tonic answers a request it cannot decode (a string field that is not UTF-8, a truncated
+/// message) with `INTERNAL` and a message naming the proto field. A malformed request is
+/// the caller's fault and the message is ours to choose: `INVALID_ARGUMENT`, plain text.
+/// Such errors are always trailers-only responses, so the status is in the headers.
+fn undecodable_is_invalid_argument<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let undecodable = headers.get("grpc-status").is_some_and(|s| s == "13")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().starts_with(b"failed%20to%20decode"));
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("the%20request%20is%20not%20a%20valid%20message"),
+        );
+    }
+    response
 }

@@ -143,6 +143,43 @@ fn a_missing_directory_is_reported() {
     );
 }
 
+/// A policy file that is a directory, a dangling link or a pipe is an error naming it —
+/// never silently left out of the bundle (a missing grants file would change decisions),
+/// and never read (a pipe would block the loader forever).
+#[test]
+fn policy_files_that_cannot_be_read_are_errors_not_omissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    overlay(&repo().join("tests/fixtures/base"), tmp.path());
+    let grants = tmp.path().join("grants");
+    std::fs::create_dir(grants.join("a-directory.yaml")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("gone.yaml"), grants.join("dangling.yaml")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(grants.join("pipe.yaml"))
+        .status()
+        .is_ok_and(|s| s.success());
+    let started = Instant::now();
+    let loaded = sekimori::policy::load(tmp.path(), at("2026-06-01"));
+    assert!(started.elapsed().as_secs() < 5, "the loader must not block");
+    assert!(!loaded.is_valid());
+    let named: Vec<String> = loaded
+        .diagnostics
+        .all()
+        .iter()
+        .filter(|d| d.code == "policy::file::unreadable")
+        .map(|d| loaded.bundle.sources.location(d.span).to_string())
+        .collect();
+    let mut expected = vec!["grants/a-directory.yaml", "grants/dangling.yaml"];
+    if fifo {
+        expected.push("grants/pipe.yaml");
+    }
+    for file in expected {
+        assert!(
+            named.iter().any(|n| n.contains(file)),
+            "{file} must be named: {named:?}"
+        );
+    }
+}
+
 /// Random damage to the sample city's files — flipped bytes, truncations, inserted YAML
 /// punctuation — never panics the loader, validator or compiler; a bundle that still loads
 /// clean still compiles and decides.

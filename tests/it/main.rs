@@ -4,6 +4,7 @@
 mod bad_input;
 mod decisions;
 mod diagnostics;
+mod faults;
 mod log;
 mod service;
 mod support;

@@ -4,6 +4,7 @@
 use crate::support::repo;
 use base64::Engine as _;
 use sekimori::app::App;
+use sekimori::audit::writer::Fault;
 use sekimori::devpki::{self, DevCa, DevPaths, TokenClaims, Validity};
 use sekimori::engine::{Env, Request, Snapshot, Subject, SubjectKind};
 use sekimori::policy::model::{Action, RuntimeState};
@@ -459,6 +460,27 @@ async fn certificates_that_are_refused() {
     };
     assert!(refused, "an expired certificate must be refused");
 
+    // A certificate that is not valid yet.
+    let (c, k) = our_ca
+        .issue(
+            "juki",
+            &["spiffe://koganei.city/juki".into()],
+            false,
+            Validity {
+                from_days: 2,
+                until_days: 30,
+            },
+        )
+        .unwrap();
+    let refused = match server.client_with(Some((c, k)), ca.clone()).await {
+        Ok(mut cl) => cl.check(req()).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a certificate that is not valid yet must be refused"
+    );
+
     // A valid certificate whose SAN is not a registered system.
     let (c, k) = our_ca
         .issue(
@@ -584,6 +606,40 @@ async fn tokens_that_are_refused() {
                 claims(serde_json::json!({"pad": "x".repeat(20_000)})),
             ),
         ),
+        // 1 MB: under the 4 MiB message limit, far over the 16 KiB token limit.
+        ("1 MB", format!("{}.{}", "a".repeat(1 << 20), good)),
+        (
+            "kid of no key",
+            server.custom_token(
+                {
+                    let mut h = eddsa_header();
+                    h.kid = Some("dev-2".into());
+                    h
+                },
+                claims(serde_json::json!({})),
+            ),
+        ),
+        (
+            "NUL byte in sub",
+            server.custom_token(
+                eddsa_header(),
+                claims(serde_json::json!({"sub": "e1010\u{0}admin"})),
+            ),
+        ),
+        (
+            "right-to-left override in sub",
+            server.custom_token(
+                eddsa_header(),
+                claims(serde_json::json!({"sub": "e1010\u{202e}nimda"})),
+            ),
+        ),
+        (
+            "very long section",
+            server.custom_token(
+                eddsa_header(),
+                claims(serde_json::json!({"section": "s".repeat(300)})),
+            ),
+        ),
     ];
     for (name, token) in cases {
         let status = client
@@ -642,7 +698,7 @@ async fn malformed_requests_are_invalid_arguments() {
         env: None,
         request_id: String::new(),
     };
-    for n in [0usize, 1001] {
+    for n in [0usize, 1001, 10_000] {
         let status = client
             .batch_check(BatchCheckRequest {
                 subject_token: token.clone(),
@@ -690,6 +746,17 @@ const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus:
 
 #[tokio::test]
 async fn a_full_store_answers_unavailable_then_recovers_without_losing_anything() {
+    store_fault_then_recovery(Fault::MaxPages(1), Fault::MaxPages(0)).await;
+}
+
+#[tokio::test]
+async fn a_read_only_store_answers_unavailable_then_recovers_without_losing_anything() {
+    store_fault_then_recovery(Fault::ReadOnly(true), Fault::ReadOnly(false)).await;
+}
+
+/// Under `fault` every Check is UNAVAILABLE and health NOT_SERVING; after `repair` the
+/// service recovers by itself and every answered decision is in a chain that verifies.
+async fn store_fault_then_recovery(fault: Fault, repair: Fault) {
     let server = TestServer::start().await;
     let mut client = server.client("juki").await;
     let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
@@ -701,8 +768,7 @@ async fn a_full_store_answers_unavailable_then_recovers_without_losing_anything(
         .decision
         .unwrap();
     assert!(store(&server).contains(&first.decision_id).unwrap());
-    // The disk is full: the store may not grow.
-    server.log.set_max_pages(1).await;
+    server.log.inject(fault).await;
     let mut unavailable = 0;
     let mut answered = Vec::new();
     for _ in 0..40 {
@@ -721,10 +787,13 @@ async fn a_full_store_answers_unavailable_then_recovers_without_losing_anything(
             break;
         }
     }
-    assert!(unavailable >= 3, "a full store must refuse decisions");
+    assert!(
+        unavailable >= 3,
+        "{fault:?}: the store must refuse decisions"
+    );
     assert_eq!(health_status(&server).await, NOT_SERVING);
-    // Space again: it recovers by itself.
-    server.log.set_max_pages(0).await;
+    // Repaired: it recovers by itself.
+    server.log.inject(repair).await;
     let after = client
         .check(check(token, "juki-tokei", "read", true, ""))
         .await
@@ -800,6 +869,252 @@ async fn health_reports_serving() {
     server.stop().await;
 }
 
+/// The wire shape of `CheckRequest` with `asset` as raw bytes, to send what a conforming
+/// client cannot: a string field that is not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawCheckRequest {
+    #[prost(string, tag = "1")]
+    subject_token: String,
+    #[prost(bytes = "vec", tag = "2")]
+    asset: Vec<u8>,
+    #[prost(string, tag = "3")]
+    action: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_is_an_invalid_argument_without_internals() {
+    let server = TestServer::start().await;
+    let channel = server
+        .channel_as(
+            server.paths().client_cert("juki"),
+            server.paths().client_key("juki"),
+        )
+        .await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+    for asset in [
+        b"juki-\xff\xfe".to_vec(),
+        b"\xc0\xaf".to_vec(),
+        b"juki\xed\xa0\x80".to_vec(),
+    ] {
+        grpc.ready().await.unwrap();
+        let status =
+            grpc
+                .unary(
+                    tonic::Request::new(RawCheckRequest {
+                        subject_token: token.clone(),
+                        asset,
+                        action: "read".into(),
+                    }),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/sekimori.v1.Access/Check",
+                    ),
+                    tonic_prost::ProstCodec::<
+                        RawCheckRequest,
+                        sekimori::server::proto::CheckResponse,
+                    >::default(),
+                )
+                .await
+                .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(!status.message().contains("CheckRequest"), "{status:?}");
+        assert_no_internals(&status);
+    }
+    // The connection and the service go on.
+    let mut client = server.client("juki").await;
+    let ok = client
+        .check(check(token, "juki-tokei", "read", true, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.decision.unwrap().allow);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_cannot_ask_about_another_systems_asset() {
+    let server = TestServer::start().await;
+    let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+    // juki-tokei is held by juki: allowed there, denied when another system asks.
+    let mut juki = server.client("juki").await;
+    let here = juki
+        .check(check(token.clone(), "juki-tokei", "read", true, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(here.allow);
+    let loaded = sekimori::policy::load(&repo().join("policies"), chrono::Utc::now());
+    let other = loaded
+        .bundle
+        .systems
+        .iter()
+        .map(|s| s.id.value.clone())
+        .find(|s| s != "juki")
+        .unwrap();
+    let mut elsewhere = server.client(&other).await;
+    let there = elsewhere
+        .check(check(token, "juki-tokei", "read", true, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(!there.allow, "{other} must not get juki's asset: {there:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contractor_claiming_to_be_staff_gets_neither() {
+    let server = TestServer::start().await;
+    let mut client = server.client("juki").await;
+    // k-2026-014 may read juki-tenshutsu as a contractor.
+    let as_contractor = server.custom_token(
+        eddsa_header(),
+        claims(serde_json::json!({"sub": "x-014", "kind": "contractor", "contract": "k-2026-014", "section": null})),
+    );
+    let d = client
+        .check(check(as_contractor, "juki-tenshutsu", "read", true, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(d.allow, "the contract's own grant: {d:?}");
+    // The same person's token saying `kind: staff` (no section): a staff subject's
+    // contract claim is ignored, and staff without a section own nothing.
+    let claiming_staff = server.custom_token(
+        eddsa_header(),
+        claims(serde_json::json!({"sub": "x-014", "kind": "staff", "contract": "k-2026-014", "section": null})),
+    );
+    let d = client
+        .check(check(claiming_staff, "juki-tenshutsu", "read", true, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap();
+    assert!(!d.allow, "{d:?}");
+    server.stop().await;
+}
+
+/// Connections that never speak, and handshakes stalled half-way, do not hold up a
+/// working client (handshakes run apart from the accept loop), and a stalled handshake is
+/// closed by the server's handshake timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_do_not_starve_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut stalled = Vec::new();
+    for i in 0..96 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if i % 3 == 0 {
+            // The first bytes of a ClientHello, then nothing.
+            s.write_all(&legacy_client_hello(0x0303)[..12])
+                .await
+                .unwrap();
+        }
+        stalled.push(s);
+    }
+    let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+    let started = std::time::Instant::now();
+    let mut c = server.client("juki").await;
+    for _ in 0..20 {
+        let d = c
+            .check(check(token.clone(), "juki-tokei", "read", true, ""))
+            .await
+            .unwrap();
+        assert!(d.into_inner().decision.unwrap().allow);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "a working client waited {took:?} behind stalled ones"
+    );
+    // The server closes a stalled handshake by itself.
+    let mut one = stalled.remove(0);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match one.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a stalled handshake must be closed by the server"
+    );
+    drop(stalled);
+    server.stop().await;
+}
+
+/// A ClientHello offering only `version` (0x0301 = TLS 1.0, 0x0302 = TLS 1.1), as an old
+/// client sends it: no `supported_versions` extension, CBC suites of that era.
+fn legacy_client_hello(version: u16) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // no session id
+    let suites: [u16; 4] = [0xc013, 0xc009, 0x002f, 0x0035];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[1, 0]); // compression: null
+    let mut handshake = vec![1u8]; // client_hello
+    handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_0_and_1_1_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    for version in [0x0301u16, 0x0302] {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(&legacy_client_hello(version)).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 512];
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the server closes a legacy handshake promptly");
+        // No ServerHello (a handshake record); at most a fatal alert.
+        assert_ne!(answer.first(), Some(&0x16), "{version:#06x}: {answer:?}");
+        if let Some(first) = answer.first() {
+            assert_eq!(*first, 0x15, "an alert record: {answer:?}");
+            assert_eq!(answer.get(5), Some(&2), "a fatal alert: {answer:?}");
+        }
+    }
+    let mut c = server.client("juki").await;
+    let d = c
+        .check(check(
+            server.token("e1010", Some("shimin"), &["pwd", "fpt"]),
+            "juki-tokei",
+            "read",
+            true,
+            "",
+        ))
+        .await
+        .unwrap();
+    assert!(d.into_inner().decision.unwrap().allow);
+    server.stop().await;
+}
+
 #[test]
 fn missing_tls_material_names_the_file() {
     let data = tempfile::tempdir().unwrap();
@@ -859,6 +1174,122 @@ mod audit_api {
         r.metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         r
+    }
+
+    /// Splits one CSV line of `audit export` (every field quoted, `""` for a quote).
+    fn csv_fields(line: &str) -> Vec<String> {
+        let mut fields = Vec::new();
+        let mut chars = line.chars().peekable();
+        while chars.peek().is_some() {
+            let mut f = String::new();
+            assert_eq!(chars.next(), Some('"'), "unquoted field in {line}");
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        f.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => f.push(c),
+                    None => panic!("unterminated field in {line}"),
+                }
+            }
+            fields.push(f);
+            if chars.peek() == Some(&',') {
+                chars.next();
+            }
+        }
+        fields
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_ids_stay_data_in_the_log_queries_and_csv() {
+        let server = TestServer::start().await;
+        let mut c = server.client("juki").await;
+        let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+        let hostile = [
+            "=HYPERLINK(\"http://evil.example\",\"x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1:A9)",
+            "x' OR '1'='1",
+            "'; DROP TABLE records; --",
+        ];
+        // Asset ids have a strict shape: such ids never get as far as the log.
+        for id in hostile {
+            let status = c
+                .check(check(token.clone(), id, "read", true, ""))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{id}");
+        }
+        // People's ids come from the identity provider and are free text (bounded, no
+        // control characters): they are answered and recorded as data.
+        for sub in hostile {
+            let hostile_token =
+                server.custom_token(eddsa_header(), claims(serde_json::json!({ "sub": sub })));
+            let d = c
+                .check(check(hostile_token, "juki-main", "read", true, sub))
+                .await
+                .unwrap()
+                .into_inner()
+                .decision
+                .unwrap();
+            assert!(!d.allow, "{sub}");
+        }
+        // SQL in a filter is a value: exactly the one record of that person, and the
+        // table is still there.
+        let mut a = auditor_client(&server).await;
+        let tok = operator_token(&server, &["auditor"]);
+        for sub in ["x' OR '1'='1", "'; DROP TABLE records; --"] {
+            let page = a
+                .query_decisions(authed(
+                    QueryDecisionsRequest {
+                        filter: Some(Filter {
+                            sub: sub.into(),
+                            ..Filter::default()
+                        }),
+                        ..QueryDecisionsRequest::default()
+                    },
+                    &tok,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(page.records.len(), 1, "{sub}");
+        }
+        // The spreadsheet export never starts a cell with a formula character.
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sekimori"))
+            .args(["audit", "export", "--dev", "--data"])
+            .arg(server.data.path())
+            .args(["--addr", &format!("https://{}", server.addr)])
+            .args(["--format", "csv"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let text = text.trim_start_matches('\u{feff}');
+        let mut seen = 0;
+        for line in text.lines().skip(1) {
+            for field in csv_fields(line) {
+                assert!(
+                    !field.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                    "a formula cell: {field:?} in {line}"
+                );
+                if hostile.iter().any(|h| field == format!("'{h}")) {
+                    seen += 1;
+                }
+            }
+        }
+        assert!(
+            seen >= 4,
+            "the hostile ids are exported, neutralized: {text}"
+        );
+        server.stop().await;
     }
 
     /// Makes a known mix of decisions: 3 allows for e1010, 2 denies for e1020.
@@ -1317,6 +1748,137 @@ mod living {
             )
             .unwrap();
         assert!(reloads >= 3, "every reload is recorded: {reloads}");
+        server.stop().await;
+    }
+
+    /// The policy directory half-written, unreadable, or deleted under a running service:
+    /// every reload is refused, the last good version keeps answering (same version, same
+    /// decisions), status shows why; putting the files back is picked up again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_policy_directory_keeps_the_last_good_version_serving() {
+        let server = TestServer::start().await;
+        let mut a = admin(&server).await;
+        let ciso = op(&server, "e0001", &["ciso"]);
+        let dir = server.data.path().join("policies");
+        let saved = server.data.path().join("policies.saved");
+        crate::support::overlay(&dir, &saved);
+        let version = a
+            .get_status(authed(GetStatusRequest {}, &ciso))
+            .await
+            .unwrap()
+            .into_inner()
+            .policy_version;
+        assert_eq!(reason(&server, "e1010", "juki-main", None).await, "grant");
+        let grants = dir.join("grants/shimin.yaml");
+        let text = std::fs::read(&grants).unwrap();
+        type Damage = Box<dyn Fn(&std::path::Path, &std::path::Path)>;
+        let damages: Vec<(&str, Damage)> = vec![
+            (
+                "half-written",
+                Box::new(move |_: &std::path::Path, g: &std::path::Path| {
+                    std::fs::write(g, &text[..text.len() / 2]).unwrap()
+                }),
+            ),
+            (
+                // Root reads any file whatever its mode, so unreadable is made the way
+                // root also meets it: a directory where the file was.
+                "unreadable",
+                Box::new(|_: &std::path::Path, g: &std::path::Path| {
+                    std::fs::remove_file(g).unwrap();
+                    std::fs::create_dir(g).unwrap();
+                }),
+            ),
+            (
+                "deleted",
+                Box::new(|d: &std::path::Path, _: &std::path::Path| {
+                    std::fs::remove_dir_all(d).unwrap()
+                }),
+            ),
+        ];
+        for (what, damage) in damages {
+            damage(&dir, &grants);
+            let outcome = a
+                .reload(authed(ReloadRequest {}, &ciso))
+                .await
+                .unwrap()
+                .into_inner()
+                .outcome
+                .unwrap();
+            assert_ne!(outcome.outcome, "ok", "{what}: {outcome:?}");
+            let st = a
+                .get_status(authed(GetStatusRequest {}, &ciso))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(st.policy_version, version, "{what}: the last good version");
+            assert_ne!(st.last_reload.unwrap().outcome, "ok", "{what}");
+            assert_eq!(
+                reason(&server, "e1010", "juki-main", None).await,
+                "grant",
+                "{what}: decisions go on"
+            );
+            // Put the files back.
+            let _ = std::fs::remove_dir_all(&dir);
+            crate::support::overlay(&saved, &dir);
+            let outcome = a
+                .reload(authed(ReloadRequest {}, &ciso))
+                .await
+                .unwrap()
+                .into_inner()
+                .outcome
+                .unwrap();
+            assert_eq!(outcome.outcome, "ok", "{what} repaired: {outcome:?}");
+            assert_eq!(outcome.policy_version, version);
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_admin_api_needs_an_operator_role_and_an_operator_certificate() {
+        let server = TestServer::start().await;
+        let mut a = admin(&server).await;
+        // No token at all.
+        let s = a
+            .get_status(tonic::Request::new(GetStatusRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::Unauthenticated);
+        // A valid token without any role, and a staff token.
+        let no_role = op(&server, "e1010", &[]);
+        let staff = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+        for (who, token) in [("no role", &no_role), ("staff", &staff)] {
+            for code in [
+                a.get_status(authed(GetStatusRequest {}, token))
+                    .await
+                    .unwrap_err()
+                    .code(),
+                a.reload(authed(ReloadRequest {}, token))
+                    .await
+                    .unwrap_err()
+                    .code(),
+            ] {
+                assert_eq!(code, Code::PermissionDenied, "{who}");
+            }
+        }
+        // A business system's certificate, even with a CISO token, is not an operator.
+        let channel = server
+            .channel_as(
+                server.paths().client_cert("juki"),
+                server.paths().client_key("juki"),
+            )
+            .await;
+        let mut from_system = AdminClient::new(channel);
+        let ciso = op(&server, "e0001", &["ciso"]);
+        let s = from_system
+            .reload(authed(ReloadRequest {}, &ciso))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_no_internals(&s);
+        // The operator certificate with the CISO token is.
+        a.get_status(authed(GetStatusRequest {}, &ciso))
+            .await
+            .unwrap();
         server.stop().await;
     }
 
