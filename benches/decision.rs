@@ -313,11 +313,13 @@ fn casbin_floor(reqs: &[Request]) -> serde_json::Value {
         let model = pollster::block_on(DefaultModel::from_str(&conf)).unwrap();
         let mut e = pollster::block_on(Enforcer::new(model, MemoryAdapter::default())).unwrap();
         pollster::block_on(e.add_policy(vec!["allow".into(), "allow".into()])).unwrap();
-        for t in &tuples {
-            let _ = pollster::block_on(
-                e.add_named_grouping_policy("g", vec![t[0].clone(), "holder".into(), t[6].clone()]),
-            );
-        }
+        let mut links: Vec<Vec<String>> = tuples
+            .iter()
+            .map(|t| vec![t[0].clone(), "holder".into(), t[6].clone()])
+            .collect();
+        links.sort();
+        links.dedup();
+        pollster::block_on(e.add_named_grouping_policies("g", links)).unwrap();
         let (p, yes) = histogram(&tuples, |t| e.enforce(t.to_vec()).unwrap());
         assert!(yes > 0);
         eprintln!(

@@ -12,7 +12,7 @@
 use super::checkpoint::verify_signature;
 use super::record::chain_hash;
 use super::store::{Checkpoint, Store, StoreError};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,14 +137,29 @@ pub fn verify_archive(
     path: &Path,
     public_key: Option<&[u8]>,
 ) -> Result<Result<ArchiveReport, (u64, String)>, ArchiveError> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut lines = file.lines();
+    verify_archive_from(
+        std::io::BufReader::new(std::fs::File::open(path)?),
+        public_key,
+    )
+}
+
+/// [`verify_archive`] over any reader (the archive may come from anywhere: it is untrusted).
+pub fn verify_archive_from(
+    reader: impl std::io::BufRead,
+    public_key: Option<&[u8]>,
+) -> Result<Result<ArchiveReport, (u64, String)>, ArchiveError> {
+    let mut lines = reader.lines();
     let header: Header = serde_json::from_str(&lines.next().ok_or(ArchiveError::Malformed(1))??)
         .map_err(|_| ArchiveError::Malformed(1))?;
     let mut prev: [u8; 32] = hex::decode(&header.prev_hash)
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or(ArchiveError::Malformed(1))?;
+    // Sequence numbers start at 1 and an archive holds at least one record; anything else
+    // is not an archive this service wrote (and would make the arithmetic below wrap).
+    if header.from_seq == 0 || header.from_seq > header.to_seq || header.to_seq == u64::MAX {
+        return Err(ArchiveError::Malformed(1));
+    }
     let mut seq = header.from_seq;
     let mut trailer: Option<Trailer> = None;
     for (i, line) in lines.enumerate() {
@@ -163,6 +178,13 @@ pub fn verify_archive(
             )));
         }
         prev = chain_hash(&prev, line.as_bytes());
+        // Records beyond the header's range are never accepted.
+        if seq > header.to_seq {
+            return Ok(Err((
+                seq,
+                format!("record {seq} lies beyond the archive's range"),
+            )));
+        }
         seq += 1;
     }
     let Some(t) = trailer else {

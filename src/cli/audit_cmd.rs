@@ -471,6 +471,11 @@ pub fn csv_field(v: &str) -> String {
     format!("\"{}\"", guarded.replace('"', "\"\""))
 }
 
+/// One record as a CSV line, as `audit export --format csv` writes it.
+pub fn csv_record(r: &proto::LogRecord) -> String {
+    csv_row(&view(r))
+}
+
 fn csv_row(v: &View) -> String {
     let seq = v.seq.to_string();
     let fields = [

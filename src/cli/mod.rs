@@ -5,7 +5,7 @@
 //! verification failed, 5 check denied.
 
 mod admin_cmd;
-mod audit_cmd;
+pub mod audit_cmd;
 mod diff;
 mod policy_cmd;
 mod service_cmd;

@@ -333,6 +333,22 @@ fn request_id_of(text: String) -> Result<Option<String>, Status> {
     Ok((!text.is_empty()).then_some(text))
 }
 
+/// The one conversion of a check on the wire into a question for the decision point:
+/// every field bounded and validated, or `INVALID_ARGUMENT` naming the field.
+pub fn question_of(
+    asset: &str,
+    action: &str,
+    env: Option<proto::Environment>,
+    request_id: String,
+) -> Result<Question, Status> {
+    Ok(Question {
+        asset: asset_of(asset)?,
+        action: action_of(action)?,
+        env: env_of(env)?,
+        request_id: request_id_of(request_id)?,
+    })
+}
+
 fn decision_to_proto(a: Answer) -> proto::Decision {
     let Answer {
         decision_id,
@@ -458,12 +474,7 @@ impl Access for AccessService {
         let system = self.caller(&req).await?;
         let r = req.into_inner();
         let subject = self.subject(&system, &r.subject_token).await?;
-        let q = Question {
-            asset: asset_of(&r.asset)?,
-            action: action_of(&r.action)?,
-            env: env_of(r.env)?,
-            request_id: request_id_of(r.request_id)?,
-        };
+        let q = question_of(&r.asset, &r.action, r.env, r.request_id)?;
         let mut answers = self
             .pdp
             .check(&system, &subject, std::slice::from_ref(&q))
@@ -494,12 +505,7 @@ impl Access for AccessService {
         }
         let mut questions = Vec::with_capacity(r.checks.len());
         for c in r.checks {
-            questions.push(Question {
-                asset: asset_of(&c.asset)?,
-                action: action_of(&c.action)?,
-                env: env_of(c.env)?,
-                request_id: request_id_of(c.request_id)?,
-            });
+            questions.push(question_of(&c.asset, &c.action, c.env, c.request_id)?);
         }
         let answers = self
             .pdp

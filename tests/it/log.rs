@@ -528,3 +528,27 @@ fn a_tampered_archive_is_named() {
     assert_eq!(seq, 1, "{what}");
     assert!(what.contains("1..=50"), "{what}");
 }
+
+/// Archive headers no archive of ours has (sequence 0, an empty or reversed range, the
+/// largest sequence number) are malformed, not arithmetic to wrap around.
+#[test]
+fn impossible_archive_headers_are_malformed() {
+    use sekimori::audit::archive::{ArchiveError, verify_archive_from};
+    let zero = "00".repeat(32);
+    for (from, to) in [
+        (0u64, 0u64),
+        (0, 5),
+        (5, 4),
+        (1, u64::MAX),
+        (u64::MAX, u64::MAX),
+    ] {
+        let text = format!(
+            "{{\"sekimori_archive\":1,\"from_seq\":{from},\"to_seq\":{to},\"prev_hash\":\"{zero}\"}}\n{{\"checkpoint\":{{\"seq\":{to},\"hash\":\"{zero}\",\"time_us\":0,\"key_id\":\"k\",\"signature\":\"\"}}}}\n"
+        );
+        let got = verify_archive_from(text.as_bytes(), None);
+        assert!(
+            matches!(got, Err(ArchiveError::Malformed(1))),
+            "{from}..{to}: {got:?}"
+        );
+    }
+}
