@@ -1817,9 +1817,11 @@ mod living {
                 "grant",
                 "{what}: decisions go on"
             );
-            // Put the files back.
+            // Put the files back, the way a restore does: a complete copy moved into place.
             let _ = std::fs::remove_dir_all(&dir);
-            crate::support::overlay(&saved, &dir);
+            let staged = server.data.path().join("policies.staged");
+            crate::support::overlay(&saved, &staged);
+            std::fs::rename(&staged, &dir).unwrap();
             let outcome = a
                 .reload(authed(ReloadRequest {}, &ciso))
                 .await
@@ -1830,6 +1832,30 @@ mod living {
             assert_eq!(outcome.outcome, "ok", "{what} repaired: {outcome:?}");
             assert_eq!(outcome.policy_version, version);
         }
+        // The directory was deleted and another moved into its place: edits to the new one
+        // are still picked up by the watcher, without a Reload call.
+        let edited = std::fs::read_to_string(dir.join("grants/shimin.yaml"))
+            .unwrap()
+            .replace("juki-main", "juki-tokei");
+        std::fs::write(dir.join("grants/shimin.yaml"), edited).unwrap();
+        let mut seen = false;
+        for _ in 0..100 {
+            let now = a
+                .get_status(authed(GetStatusRequest {}, &ciso))
+                .await
+                .unwrap()
+                .into_inner()
+                .policy_version;
+            if now != version {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(
+            seen,
+            "an edit in the re-created directory must be picked up"
+        );
         server.stop().await;
     }
 
