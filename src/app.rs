@@ -253,43 +253,91 @@ async fn refresh_at_windows(living: Arc<Living>) {
 /// How long file events are gathered before one reload (editors, `git checkout`).
 const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
 
+type Watcher = notify_debouncer_full::Debouncer<
+    notify_debouncer_full::notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// The identity of a directory (device, inode): a directory deleted and created again under
+/// the same name is another directory, and a watch on the old one sees nothing.
+fn dir_identity(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Watches the policy directory; any change (rename-saves, checkouts, ConfigMap symlink
-/// swaps) triggers one debounced reload of the whole bundle.
+/// swaps) triggers one debounced reload of the whole bundle. Its parent is watched too, so
+/// that a directory deleted and restored (or replaced with `mv`) is watched again.
 fn watch_policy_dir(
     living: Arc<Living>,
     dir: &std::path::Path,
-) -> Result<
-    notify_debouncer_full::Debouncer<
-        notify_debouncer_full::notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-    AppError,
-> {
+) -> Result<Arc<std::sync::Mutex<Watcher>>, AppError> {
+    let watch_error = |e: notify_debouncer_full::notify::Error| AppError::Watch {
+        dir: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    // Absolute (without resolving links: ConfigMap mounts swap links), so that the
+    // parent of `policies` is the working directory rather than an empty path.
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watched = dir.clone();
     let mut debouncer = notify_debouncer_full::new_debouncer(
         RELOAD_DEBOUNCE,
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
-            // Only changes count: reading the files (access events) must not reload.
-            if result.is_ok_and(|events| events.iter().any(|e| is_change(&e.event.kind))) {
+            // Only changes count: reading the files (access events) must not reload; in
+            // the parent, only the policy directory itself.
+            let relevant = |e: &notify_debouncer_full::DebouncedEvent| {
+                is_change(&e.event.kind) && e.event.paths.iter().any(|p| p.starts_with(&watched))
+            };
+            if result.is_ok_and(|events| events.iter().any(relevant)) {
                 let _ = tx.send(());
             }
         },
     )
-    .map_err(|e| AppError::Watch {
-        dir: dir.display().to_string(),
-        message: e.to_string(),
-    })?;
+    .map_err(watch_error)?;
     debouncer
-        .watch(dir, notify_debouncer_full::notify::RecursiveMode::Recursive)
-        .map_err(|e| AppError::Watch {
-            dir: dir.display().to_string(),
-            message: e.to_string(),
-        })?;
+        .watch(
+            &dir,
+            notify_debouncer_full::notify::RecursiveMode::Recursive,
+        )
+        .map_err(watch_error)?;
+    if let Some(parent) = dir.parent() {
+        // Best effort: without it, a re-created directory needs SIGHUP or Reload.
+        if let Err(e) = debouncer.watch(
+            parent,
+            notify_debouncer_full::notify::RecursiveMode::NonRecursive,
+        ) {
+            tracing::warn!(error = %e, "cannot watch the policy directory's parent");
+        }
+    }
+    let debouncer = Arc::new(std::sync::Mutex::new(debouncer));
+    let rewatch = Arc::clone(&debouncer);
+    let mut identity = dir_identity(&dir);
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Coalesce what arrived meanwhile into this one reload.
             while rx.try_recv().is_ok() {}
+            let now = dir_identity(&dir);
+            if now.is_some() && now != identity {
+                if let Ok(mut w) = rewatch.lock() {
+                    let _ = w.unwatch(&dir);
+                    match w.watch(
+                        &dir,
+                        notify_debouncer_full::notify::RecursiveMode::Recursive,
+                    ) {
+                        Ok(()) => {
+                            identity = now;
+                            tracing::info!(
+                                "the policy directory was re-created; watching it again"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot watch the re-created policy directory")
+                        }
+                    }
+                }
+            }
             living.reload_files("file change").await;
         }
     });

@@ -570,14 +570,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let work = WorkDir::new()?;
     let data = work.path().join("data");
     let paths = DevPaths::new(&data);
-    let loaded = sekimori::policy::load(&args.policies, chrono::Utc::now());
-    let systems: Vec<(String, String)> = loaded
-        .bundle
-        .systems
-        .iter()
-        .map(|s| (s.id.value.clone(), s.identity.value.clone()))
-        .collect();
-    devpki::ensure(&paths, &systems)?;
+    // The same development CA, certificates and token key `serve --dev` would make.
+    sekimori::cli::service_cmd::dev_init(&data, &args.policies)?;
     let streams = Arc::new(workload(&args.policies, &paths)?);
     if streams.is_empty() {
         bail!("the bundle has no assets held by a system");

@@ -8,7 +8,7 @@ mod admin_cmd;
 pub mod audit_cmd;
 mod diff;
 mod policy_cmd;
-mod service_cmd;
+pub mod service_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -157,6 +157,28 @@ impl TestServer {
     }
 }
 
+/// After an attack: a well-formed Check from a registered system is still answered.
+async fn assert_still_answers(server: &TestServer) {
+    let mut c = server.client("juki").await;
+    let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
+    let d = decision_of(&mut c, check(token, "juki-tokei", "read", true, "")).await;
+    assert!(d.allow, "the service must go on answering: {d:?}");
+}
+
+/// The decision of one Check that must be answered.
+async fn decision_of(
+    client: &mut AccessClient<Channel>,
+    req: CheckRequest,
+) -> sekimori::server::proto::Decision {
+    client
+        .check(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .decision
+        .unwrap()
+}
+
 fn check(token: String, asset: &str, action: &str, device: bool, purpose: &str) -> CheckRequest {
     CheckRequest {
         subject_token: token,
@@ -217,8 +239,9 @@ async fn the_sample_city_answers_over_mtls_as_the_engine_decides() {
             claims(serde_json::json!({ "sub": s.sub, "amr": s.amr, "section": s.section, "kind": s.kind, "contract": s.contract })),
         );
         let mut client = server.client(&t.system.value).await;
-        let answer = client
-            .check(CheckRequest {
+        let answer = decision_of(
+            &mut client,
+            CheckRequest {
                 subject_token: token,
                 asset: t.asset.value.clone(),
                 action: t.action.value.as_str().into(),
@@ -228,12 +251,9 @@ async fn the_sample_city_answers_over_mtls_as_the_engine_decides() {
                     break_glass_reason: t.env.break_glass_reason.clone().unwrap_or_default(),
                 }),
                 request_id: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap();
+            },
+        )
+        .await;
         let local = snap.decide(&Request::from_test_case(t).unwrap());
         assert_eq!(answer.allow, local.allow, "{}", t.name);
         assert_eq!(answer.reason, local.reason.as_str(), "{}", t.name);
@@ -518,7 +538,10 @@ async fn tokens_that_are_refused() {
     let public_x = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(jwks["keys"][0]["x"].as_str().unwrap())
         .unwrap();
-    let good = server.custom_token(eddsa_header(), claims(serde_json::json!({})));
+    // A token with the development key and these claims over a valid set.
+    let signed =
+        |overrides: serde_json::Value| server.custom_token(eddsa_header(), claims(overrides));
+    let good = signed(serde_json::json!({}));
     let tampered = {
         let parts: Vec<&str> = good.split('.').collect();
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -545,42 +568,21 @@ async fn tokens_that_are_refused() {
     let cases: Vec<(&str, String)> = vec![
         ("empty", String::new()),
         ("garbage", "not a token".into()),
-        (
-            "expired",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"exp": now - 3600})),
-            ),
-        ),
+        ("expired", signed(serde_json::json!({"exp": now - 3600}))),
         (
             "not yet valid",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"nbf": now + 3600})),
-            ),
+            signed(serde_json::json!({"nbf": now + 3600})),
         ),
         (
             "other issuer",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"iss": "https://evil.example"})),
-            ),
+            signed(serde_json::json!({"iss": "https://evil.example"})),
         ),
         (
             "other audience",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"aud": "someone-else"})),
-            ),
+            signed(serde_json::json!({"aud": "someone-else"})),
         ),
-        (
-            "no exp",
-            server.custom_token(eddsa_header(), claims(serde_json::json!({"exp": null}))),
-        ),
-        (
-            "no iss",
-            server.custom_token(eddsa_header(), claims(serde_json::json!({"iss": null}))),
-        ),
+        ("no exp", signed(serde_json::json!({"exp": null}))),
+        ("no iss", signed(serde_json::json!({"iss": null}))),
         ("tampered payload", tampered),
         ("alg none", alg_none),
         ("HS256 with the public key", hs256_with_public_key),
@@ -588,23 +590,14 @@ async fn tokens_that_are_refused() {
             "unknown kid",
             server.custom_token(unknown_kid, claims(serde_json::json!({}))),
         ),
-        (
-            "unknown kind",
-            server.custom_token(eddsa_header(), claims(serde_json::json!({"kind": "admin"}))),
-        ),
+        ("unknown kind", signed(serde_json::json!({"kind": "admin"}))),
         (
             "control characters",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"sub": "e1010\u{1b}[31m"})),
-            ),
+            signed(serde_json::json!({"sub": "e1010\u{1b}[31m"})),
         ),
         (
             "oversized",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"pad": "x".repeat(20_000)})),
-            ),
+            signed(serde_json::json!({"pad": "x".repeat(20_000)})),
         ),
         // 1 MB: under the 4 MiB message limit, far over the 16 KiB token limit.
         ("1 MB", format!("{}.{}", "a".repeat(1 << 20), good)),
@@ -621,24 +614,15 @@ async fn tokens_that_are_refused() {
         ),
         (
             "NUL byte in sub",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"sub": "e1010\u{0}admin"})),
-            ),
+            signed(serde_json::json!({"sub": "e1010\u{0}admin"})),
         ),
         (
             "right-to-left override in sub",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"sub": "e1010\u{202e}nimda"})),
-            ),
+            signed(serde_json::json!({"sub": "e1010\u{202e}nimda"})),
         ),
         (
             "very long section",
-            server.custom_token(
-                eddsa_header(),
-                claims(serde_json::json!({"section": "s".repeat(300)})),
-            ),
+            signed(serde_json::json!({"section": "s".repeat(300)})),
         ),
     ];
     for (name, token) in cases {
@@ -760,13 +744,11 @@ async fn store_fault_then_recovery(fault: Fault, repair: Fault) {
     let server = TestServer::start().await;
     let mut client = server.client("juki").await;
     let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
-    let first = client
-        .check(check(token.clone(), "juki-tokei", "read", true, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let first = decision_of(
+        &mut client,
+        check(token.clone(), "juki-tokei", "read", true, ""),
+    )
+    .await;
     assert!(store(&server).contains(&first.decision_id).unwrap());
     server.log.inject(fault).await;
     let mut unavailable = 0;
@@ -794,13 +776,7 @@ async fn store_fault_then_recovery(fault: Fault, repair: Fault) {
     assert_eq!(health_status(&server).await, NOT_SERVING);
     // Repaired: it recovers by itself.
     server.log.inject(repair).await;
-    let after = client
-        .check(check(token, "juki-tokei", "read", true, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let after = decision_of(&mut client, check(token, "juki-tokei", "read", true, "")).await;
     assert_eq!(health_status(&server).await, SERVING);
     let st = store(&server);
     for id in answered.iter().chain([&after.decision_id]) {
@@ -937,13 +913,11 @@ async fn a_system_cannot_ask_about_another_systems_asset() {
     let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
     // juki-tokei is held by juki: allowed there, denied when another system asks.
     let mut juki = server.client("juki").await;
-    let here = juki
-        .check(check(token.clone(), "juki-tokei", "read", true, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let here = decision_of(
+        &mut juki,
+        check(token.clone(), "juki-tokei", "read", true, ""),
+    )
+    .await;
     assert!(here.allow);
     let loaded = sekimori::policy::load(&repo().join("policies"), chrono::Utc::now());
     let other = loaded
@@ -954,13 +928,7 @@ async fn a_system_cannot_ask_about_another_systems_asset() {
         .find(|s| s != "juki")
         .unwrap();
     let mut elsewhere = server.client(&other).await;
-    let there = elsewhere
-        .check(check(token, "juki-tokei", "read", true, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let there = decision_of(&mut elsewhere, check(token, "juki-tokei", "read", true, "")).await;
     assert!(!there.allow, "{other} must not get juki's asset: {there:?}");
     server.stop().await;
 }
@@ -974,13 +942,11 @@ async fn a_contractor_claiming_to_be_staff_gets_neither() {
         eddsa_header(),
         claims(serde_json::json!({"sub": "x-014", "kind": "contractor", "contract": "k-2026-014", "section": null})),
     );
-    let d = client
-        .check(check(as_contractor, "juki-tenshutsu", "read", true, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let d = decision_of(
+        &mut client,
+        check(as_contractor, "juki-tenshutsu", "read", true, ""),
+    )
+    .await;
     assert!(d.allow, "the contract's own grant: {d:?}");
     // The same person's token saying `kind: staff` (no section): a staff subject's
     // contract claim is ignored, and staff without a section own nothing.
@@ -988,13 +954,11 @@ async fn a_contractor_claiming_to_be_staff_gets_neither() {
         eddsa_header(),
         claims(serde_json::json!({"sub": "x-014", "kind": "staff", "contract": "k-2026-014", "section": null})),
     );
-    let d = client
-        .check(check(claiming_staff, "juki-tenshutsu", "read", true, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .decision
-        .unwrap();
+    let d = decision_of(
+        &mut client,
+        check(claiming_staff, "juki-tenshutsu", "read", true, ""),
+    )
+    .await;
     assert!(!d.allow, "{d:?}");
     server.stop().await;
 }
@@ -1100,18 +1064,7 @@ async fn tls_1_0_and_1_1_are_refused() {
             assert_eq!(answer.get(5), Some(&2), "a fatal alert: {answer:?}");
         }
     }
-    let mut c = server.client("juki").await;
-    let d = c
-        .check(check(
-            server.token("e1010", Some("shimin"), &["pwd", "fpt"]),
-            "juki-tokei",
-            "read",
-            true,
-            "",
-        ))
-        .await
-        .unwrap();
-    assert!(d.into_inner().decision.unwrap().allow);
+    assert_still_answers(&server).await;
     server.stop().await;
 }
 
@@ -1228,13 +1181,7 @@ mod audit_api {
         for sub in hostile {
             let hostile_token =
                 server.custom_token(eddsa_header(), claims(serde_json::json!({ "sub": sub })));
-            let d = c
-                .check(check(hostile_token, "juki-main", "read", true, sub))
-                .await
-                .unwrap()
-                .into_inner()
-                .decision
-                .unwrap();
+            let d = decision_of(&mut c, check(hostile_token, "juki-main", "read", true, sub)).await;
             assert!(!d.allow, "{sub}");
         }
         // SQL in a filter is a value: exactly the one record of that person, and the
@@ -2233,13 +2180,7 @@ mod windows {
         let server = TestServer::start_in(data).await;
         let token = server.token("e1030", Some("shimin"), &["pwd", "fpt"]);
         let mut c = server.client("juki").await;
-        let d = c
-            .check(check(token.clone(), "juki-inkan", "read", true, ""))
-            .await
-            .unwrap()
-            .into_inner()
-            .decision
-            .unwrap();
+        let d = decision_of(&mut c, check(token.clone(), "juki-inkan", "read", true, "")).await;
         assert_eq!(d.reason, "no_permission");
         // The new version, then the atomic swap of `..data`.
         let v2 = server.data.path().join("policies/..2026_v2");
@@ -2251,13 +2192,8 @@ mod windows {
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
         let mut reason = String::new();
         for _ in 0..100 {
-            reason = c
-                .check(check(token.clone(), "juki-inkan", "read", true, ""))
+            reason = decision_of(&mut c, check(token.clone(), "juki-inkan", "read", true, ""))
                 .await
-                .unwrap()
-                .into_inner()
-                .decision
-                .unwrap()
                 .reason;
             if reason == "grant" {
                 break;
@@ -2293,17 +2229,6 @@ async fn plaintext_http2_to_the_tls_port_is_closed() {
     .expect("the server closes a plaintext connection promptly");
     // Whatever came back (at most a TLS alert) is no HTTP/2 answer.
     assert!(!read.windows(8).any(|w| w == b"HTTP/2.0"), "{read:?}");
-    let mut c = server.client("juki").await;
-    let d = c
-        .check(check(
-            server.token("e1010", Some("shimin"), &["pwd", "fpt"]),
-            "juki-tokei",
-            "read",
-            true,
-            "",
-        ))
-        .await
-        .unwrap();
-    assert!(d.into_inner().decision.unwrap().allow);
+    assert_still_answers(&server).await;
     server.stop().await;
 }
