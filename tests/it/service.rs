@@ -1016,6 +1016,63 @@ async fn stalled_clients_do_not_starve_others() {
     server.stop().await;
 }
 
+/// A caller that opens Check streams and never sends the request body: each stalled
+/// request is ended by the server's request timeout (5 s), and a working client on its own
+/// connection is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_requests_end_at_the_timeout_and_others_go_on() {
+    let server = TestServer::start().await;
+    let channel = server
+        .channel_as(
+            server.paths().client_cert("juki"),
+            server.paths().client_key("juki"),
+        )
+        .await;
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        stalled.push(tokio::spawn(async move {
+            grpc.ready().await.unwrap();
+            // Headers go out; the body (the request message) never comes.
+            grpc
+                .client_streaming(
+                    tonic::Request::new(tokio_stream::pending::<RawCheckRequest>()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/sekimori.v1.Access/Check",
+                    ),
+                    tonic_prost::ProstCodec::<
+                        RawCheckRequest,
+                        sekimori::server::proto::CheckResponse,
+                    >::default(),
+                )
+                .await
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    assert_still_answers(&server).await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "a working client waited {:?}",
+        t.elapsed()
+    );
+    for s in stalled {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(15), s)
+            .await
+            .expect("the server ends a stalled request by itself")
+            .unwrap();
+        let status =
+            outcome.expect_err("a request without a body is never answered with a decision");
+        assert_no_internals(&status);
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "ended by the timeout, not at once"
+    );
+    server.stop().await;
+}
+
 /// A ClientHello offering only `version` (0x0301 = TLS 1.0, 0x0302 = TLS 1.1), as an old
 /// client sends it: no `supported_versions` extension, CBC suites of that era.
 fn legacy_client_hello(version: u16) -> Vec<u8> {
