@@ -334,6 +334,37 @@ fn casbin_floor(reqs: &[Request]) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// Whether independent decisions scale across cores: the same requests decided by one
+/// thread, then split over two (no lock is taken on the decision path; the snapshot is
+/// shared read-only).
+fn two_cores(city: &Scaled) -> serde_json::Value {
+    let rate = |threads: usize| {
+        let per = city.reqs.len() / threads;
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let reqs = &city.reqs[t * per..(t + 1) * per];
+                let snap = &city.snap;
+                s.spawn(move || {
+                    for _ in 0..5 {
+                        for r in reqs {
+                            black_box(snap.decide(black_box(r)));
+                        }
+                    }
+                });
+            }
+        });
+        (per * threads * 5) as f64 / started.elapsed().as_secs_f64()
+    };
+    let one = rate(1);
+    let two = rate(2);
+    eprintln!(
+        "decisions per second: one thread {one:.0}, two threads {two:.0} (×{:.2} on this 2-core machine)",
+        two / one
+    );
+    serde_json::json!({"one_thread_per_s": one, "two_threads_per_s": two})
+}
+
 fn city(c: &mut Criterion) {
     sample_reload();
     let at = parse_policy_time("2026-06-01T12:00:00+09:00").unwrap();
@@ -355,6 +386,7 @@ fn city(c: &mut Criterion) {
     rows.push(json);
     let baseline = plain_casbin(&city);
     let floor = casbin_floor(&city.reqs);
+    let cores = two_cores(&city);
     let (_, peak) = memory();
     eprintln!(
         "peak resident memory of the process (VmHWM): {:.0} MiB",
@@ -363,7 +395,7 @@ fn city(c: &mut Criterion) {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");
     std::fs::create_dir_all(&out).unwrap();
     let report = serde_json::json!({
-        "scales": rows, "plain_casbin": baseline, "casbin_floor": floor,
+        "scales": rows, "plain_casbin": baseline, "casbin_floor": floor, "two_cores": cores,
         "peak_rss_mib": peak as f64 / (1024.0 * 1024.0),
     });
     std::fs::write(
