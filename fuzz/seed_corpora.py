@@ -17,13 +17,15 @@ def put(target, data):
     (d / ("seed-" + hashlib.sha1(data).hexdigest()[:16])).write_bytes(data)
 
 
-def policy_file():
+def policy_files():
+    """One corpus per bundle file kind (targets policy_organization … policy_tests)."""
     for base in [ROOT / "tests/fixtures/base", ROOT / "policies"]:
-        for i, kind in enumerate(KINDS):
+        for kind in KINDS:
             p = base / kind
             files = [p] if p.is_file() else sorted(p.glob("*.yaml")) if p.is_dir() else []
+            target = "policy_" + kind.removesuffix(".yaml")
             for f in files[:3]:
-                put("policy_file", bytes([i]) + f.read_bytes())
+                put(target, f.read_bytes())
 
 
 def b64(data):
@@ -88,7 +90,7 @@ def log_record():
 
 
 if __name__ == "__main__":
-    policy_file()
+    policy_files()
     token()
     check_request()
     log_record()
