@@ -157,6 +157,28 @@ impl TestServer {
     }
 }
 
+/// An operator token (roles in the `roles` claim) signed with the development key.
+fn op(server: &TestServer, sub: &str, roles: &[&str]) -> String {
+    devpki::sign_token(
+        &server.key_pem(),
+        &TokenClaims {
+            sub: sub.into(),
+            roles: roles.iter().map(|s| s.to_string()).collect(),
+            ttl_secs: 600,
+            ..TokenClaims::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A request carrying `token` as the operator's bearer token.
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
 /// After an attack: a well-formed Check from a registered system is still answered.
 async fn assert_still_answers(server: &TestServer) {
     let mut c = server.client("juki").await;
@@ -1166,26 +1188,6 @@ mod audit_api {
         AuditClient::new(channel)
     }
 
-    fn operator_token(server: &TestServer, roles: &[&str]) -> String {
-        devpki::sign_token(
-            &server.key_pem(),
-            &TokenClaims {
-                sub: "a9001".into(),
-                roles: roles.iter().map(|s| s.to_string()).collect(),
-                ttl_secs: 600,
-                ..TokenClaims::default()
-            },
-        )
-        .unwrap()
-    }
-
-    fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        r
-    }
-
     /// Splits one CSV line of `audit export` (every field quoted, `""` for a quote).
     fn csv_fields(line: &str) -> Vec<String> {
         let mut fields = Vec::new();
@@ -1244,7 +1246,7 @@ mod audit_api {
         // SQL in a filter is a value: exactly the one record of that person, and the
         // table is still there.
         let mut a = auditor_client(&server).await;
-        let tok = operator_token(&server, &["auditor"]);
+        let tok = op(&server, "a9001", &["auditor"]);
         for sub in ["x' OR '1'='1", "'; DROP TABLE records; --"] {
             let page = a
                 .query_decisions(authed(
@@ -1340,7 +1342,7 @@ mod audit_api {
         let server = TestServer::start().await;
         let ids = traffic(&server).await;
         let mut a = auditor_client(&server).await;
-        let token = operator_token(&server, &["auditor"]);
+        let token = op(&server, "a9001", &["auditor"]);
         let q = |f: Option<Filter>, size: u32, page: String, oldest: bool| QueryDecisionsRequest {
             filter: f,
             page_size: size,
@@ -1422,7 +1424,7 @@ mod audit_api {
         let server = TestServer::start().await;
         traffic(&server).await;
         let mut a = auditor_client(&server).await;
-        let token = operator_token(&server, &["ciso"]);
+        let token = op(&server, "a9001", &["ciso"]);
         let mut stream = a
             .export_decisions(authed(
                 ExportDecisionsRequest {
@@ -1508,7 +1510,7 @@ mod audit_api {
         assert_eq!(none.code(), Code::Unauthenticated);
         for roles in [&[][..], &["security_admin"][..]] {
             let s = a
-                .query_decisions(authed(req(), &operator_token(&server, roles)))
+                .query_decisions(authed(req(), &op(&server, "a9001", roles)))
                 .await
                 .unwrap_err();
             assert_eq!(s.code(), Code::PermissionDenied, "{roles:?}");
@@ -1531,7 +1533,7 @@ mod audit_api {
             Code::PermissionDenied
         );
         for roles in [&["auditor"][..], &["ciso"][..]] {
-            a.query_decisions(authed(req(), &operator_token(&server, roles)))
+            a.query_decisions(authed(req(), &op(&server, "a9001", roles)))
                 .await
                 .unwrap();
         }
@@ -1571,26 +1573,6 @@ mod living {
             )
             .await;
         AdminClient::new(channel)
-    }
-
-    fn op(server: &TestServer, sub: &str, roles: &[&str]) -> String {
-        devpki::sign_token(
-            &server.key_pem(),
-            &TokenClaims {
-                sub: sub.into(),
-                roles: roles.iter().map(|s| s.to_string()).collect(),
-                ttl_secs: 600,
-                ..TokenClaims::default()
-            },
-        )
-        .unwrap()
-    }
-
-    fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        r
     }
 
     async fn reason(server: &TestServer, sub: &str, asset: &str, extra: Option<&str>) -> String {
