@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sekimori::engine::{Env, Request, Snapshot, Subject, SubjectKind, request_tuple};
+use sekimori::engine::{CasbinRequest, Env, Request, Snapshot, Subject, SubjectKind};
 use sekimori::generate::{GenerateArgs, generate};
 use sekimori::policy::model::{Action, AssetSelection, RuntimeState};
 use sekimori::time::parse_policy_time;
@@ -263,13 +263,17 @@ fn plain_casbin(city: &Scaled) -> serde_json::Value {
         })
         .unwrap();
     let load = t.elapsed();
-    let tuples: Vec<[String; 12]> = city.reqs.iter().map(request_tuple).collect();
+    let tuples: Vec<CasbinRequest> = city
+        .reqs
+        .iter()
+        .map(|r| city.snap.casbin_request(r))
+        .collect();
     // Same answers as sekimori's (the explainer agrees with Casbin on every request).
     for (tuple, req) in tuples.iter().zip(&city.reqs).take(2_000) {
-        let plain = enforcer.enforce(tuple.to_vec()).unwrap();
+        let plain = enforcer.enforce(tuple.values().to_vec()).unwrap();
         assert_eq!(plain, city.snap.decide(req).allow, "plain casbin disagrees");
     }
-    let (p, _) = histogram(&tuples, |t| enforcer.enforce(t.to_vec()).unwrap());
+    let (p, _) = histogram(&tuples, |t| enforcer.enforce(t.values().to_vec()).unwrap());
     let (ours, _) = histogram(&city.reqs, |r| city.snap.decide(r).allow);
     eprintln!(
         "baseline plain casbin Enforcer (default role manager, FileAdapter) on the city's export: load {:.2} s; decision median {:.2} µs, p99 {:.2} µs — sekimori in the same run: median {:.2} µs, p99 {:.2} µs (ratio {:.2}×)",
@@ -286,41 +290,41 @@ fn plain_casbin(city: &Scaled) -> serde_json::Value {
     })
 }
 
-/// What bounds a decision: casbin-rs's cost per `enforce` with the same 12-field request
+/// What bounds a decision: casbin-rs's cost per `enforce` with the same 16-field request
 /// and one policy row, for a trivial matcher, one `g()` call, and one string comparison.
-fn casbin_floor(reqs: &[Request]) -> serde_json::Value {
+fn casbin_floor(snap: &Snapshot, reqs: &[Request]) -> serde_json::Value {
     use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter, MgmtApi};
-    let tuples: Vec<[String; 12]> = reqs.iter().map(request_tuple).collect();
+    let tuples: Vec<CasbinRequest> = reqs.iter().map(|r| snap.casbin_request(r)).collect();
+    let (sys, obj) = (13, 15);
     let mut out = serde_json::Map::new();
     for (label, matcher) in [
-        ("trivial", "p.rule == \"allow\""),
-        (
-            "one g()",
-            "p.rule == \"allow\" && g(r.sys, \"holder\", r.obj)",
-        ),
+        ("trivial", "p.eft == \"allow\""),
+        ("one g()", "g(r.sys, \"holder\", r.obj)"),
         (
             "five g()",
-            "p.rule == \"allow\" && (g(r.sys, \"a\", r.obj) || g(r.sys, \"b\", r.obj) || g(r.sys, \"c\", r.obj) || g(r.sys, \"d\", r.obj) || g(r.sys, \"holder\", r.obj))",
+            "g(r.sys, \"a\", r.obj) || g(r.sys, \"b\", r.obj) || g(r.sys, \"c\", r.obj) || g(r.sys, \"d\", r.obj) || g(r.sys, \"holder\", r.obj)",
         ),
         (
             "five comparisons",
-            "p.rule == \"allow\" && (r.act == \"a\" || r.act == \"b\" || r.act == \"c\" || r.act == \"d\" || r.act != \"e\")",
+            "r.act == \"a\" || r.act == \"b\" || r.act == \"c\" || r.act == \"d\" || r.act != \"e\"",
         ),
     ] {
+        let request = sekimori::engine::casbin_model::REQUEST_FIELDS.join(", ");
         let conf = format!(
-            "[request_definition]\nr = sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass, actp\n[policy_definition]\np = rule, eft\n[role_definition]\ng = _, _, _\n[policy_effect]\ne = priority(p.eft) || deny\n[matchers]\nm = {matcher}\n"
+            "[request_definition]\nr = {request}\n[policy_definition]\np = eft\n[role_definition]\ng = _, _, _\n[policy_effect]\ne = some(where (p.eft == allow))\n[matchers]\nm = {matcher}\n"
         );
         let model = pollster::block_on(DefaultModel::from_str(&conf)).unwrap();
         let mut e = pollster::block_on(Enforcer::new(model, MemoryAdapter::default())).unwrap();
-        pollster::block_on(e.add_policy(vec!["allow".into(), "allow".into()])).unwrap();
+        pollster::block_on(e.add_policy(vec!["allow".into()])).unwrap();
+        let text = |t: &CasbinRequest, i: usize| t.values()[i].clone().into_string().unwrap();
         let mut links: Vec<Vec<String>> = tuples
             .iter()
-            .map(|t| vec![t[0].clone(), "holder".into(), t[6].clone()])
+            .map(|t| vec![text(t, sys), "holder".into(), text(t, obj)])
             .collect();
         links.sort();
         links.dedup();
         pollster::block_on(e.add_named_grouping_policies("g", links)).unwrap();
-        let (p, yes) = histogram(&tuples, |t| e.enforce(t.to_vec()).unwrap());
+        let (p, yes) = histogram(&tuples, |t| e.enforce(t.values().to_vec()).unwrap());
         assert!(yes > 0);
         eprintln!(
             "casbin-rs floor, {label}: median {:.2} µs, p99 {:.2} µs",
@@ -385,7 +389,7 @@ fn city(c: &mut Criterion) {
     let (city, json) = scale_row("city", None, at);
     rows.push(json);
     let baseline = plain_casbin(&city);
-    let floor = casbin_floor(&city.reqs);
+    let floor = casbin_floor(&city.snap, &city.reqs);
     let cores = two_cores(&city);
     let (_, peak) = memory();
     eprintln!(

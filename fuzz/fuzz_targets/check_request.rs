@@ -76,7 +76,7 @@ fn decide(
             let held = snap
                 .facts()
                 .asset_index
-                .get(&q.asset)
+                .get(q.asset.as_str())
                 .and_then(|&i| snap.facts().assets.get(i as usize))
                 .is_some_and(|a| a.holders.iter().any(|h| h == system));
             assert!(held, "allowed an asset {system} does not hold: {}", q.asset);

@@ -3,7 +3,7 @@
 use super::{EXIT_DENIED, EXIT_OK, EXIT_POLICY};
 use crate::engine::decide::Obligation;
 use crate::engine::{
-    Decision, Env, Explanation, Request, Snapshot, Subject, SubjectKind, request_tuple,
+    CasbinValue, Decision, Env, Explanation, Request, Snapshot, Subject, SubjectKind,
 };
 use crate::policy::decode::Decoder;
 use crate::policy::diag::{Format, escape};
@@ -340,12 +340,14 @@ fn render_explanation(ex: &Explanation, at: Instant) -> String {
             if step.applies { "applies ←" } else { "no" }
         ));
     }
-    let tuple: Vec<String> = ex
-        .casbin_request
-        .iter()
-        .map(|v| format!("\"{}\"", escape(v)))
-        .collect();
-    out.push_str(&format!("casbin request (sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass, actp):\n  {}\n", tuple.join(", ")));
+    out.push_str("casbin request (r):\n");
+    for (name, value) in ex.casbin_request.fields() {
+        let value = match value {
+            CasbinValue::Text(t) => format!("\"{}\"", escape(&t)),
+            CasbinValue::Flag(b) => b.to_string(),
+        };
+        out.push_str(&format!("  {name:<8} {value}\n"));
+    }
     out.push_str(&format!(
         "casbin decision: {}\n",
         match ex.casbin_allow {
@@ -449,7 +451,7 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
                 let d = snap.decide(&req);
                 cases.push(serde_json::json!({
                     "snapshot": pos, "name": t.name, "location": loc.to_string(),
-                    "request": request_tuple(&req), "allow": d.allow, "reason": d.reason.as_str(),
+                    "request": snap.casbin_request(&req), "allow": d.allow, "reason": d.reason.as_str(),
                 }));
                 mismatches(t, &d)
             }

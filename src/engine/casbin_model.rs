@@ -1,11 +1,18 @@
 //! The Casbin model, the policy rows generated from [`Facts`], and the request tuple.
 //!
 //! Design (see `docs/policy-format.md`, "How decisions are compiled"): the rules of SPEC §6
-//! are two policy rows — one `deny` row whose matcher is the disjunction of the deny
-//! rules, one `allow` row for the allow rules — under `priority(p.eft) || deny`, so every
-//! request is evaluated against at most two rows whatever the size of the city. The
+//! are one policy row whose matcher is "no deny rule applies, and an allow rule does", so
+//! every request is one evaluation of the matcher whatever the size of the city. The
 //! register, grants, contracts, lockdowns and emergencies become role links
 //! `g(name, fact, asset)` in the asset's own domain: a hash lookup, never a scan.
+//!
+//! The asset's levels travel in the request (`r.tier`, `r.mn`, `r.i2`, as attributes of
+//! the object in Casbin's ABAC style) together with its class (`r.cls`, e.g.
+//! `class:internal+my_number`), and one link proves both that the system holds the asset
+//! and that the asset is of that class: `g(y:<system>, <class>, <asset>)`. A request whose
+//! levels are not the register's finds no link and is denied. This keeps a decision at two
+//! to four `g()` calls (casbin-rs evaluates the matcher with an interpreter; see
+//! BENCHMARKS.md for what each call costs).
 //!
 //! Node names are typed by prefix so that no value from a request can collide with a fact:
 //! `@` is the asset itself, `y:` a system, `s:` a section, `c:` a contract, `u:` a user.
@@ -13,32 +20,83 @@
 //! spellable alike; facts never start with those prefixes. Free text (user ids, purposes)
 //! is percent-encoded ([`encode`]) so that a comma or a quote cannot break a CSV row.
 
-use super::facts::Facts;
+use super::facts::{AssetFacts, Facts};
 use crate::policy::model::{Action, Tier};
 use std::borrow::Cow;
 
-/// The Casbin model (`model.conf`). The request tuple `r` is what `policy explain` prints.
+/// The Casbin model (`model.conf`). The request tuple `r` is what `policy explain` prints;
+/// `mfa`, `device`, `glass`, `mn` and `i2` are booleans, the rest strings.
 pub const MODEL_CONF: &str = r##"# sekimori decision model (generated; see docs/policy-format.md)
 [request_definition]
-r = sys, sub, kind, section, contract, mfa, obj, act, device, purpose, glass, actp
+r = sub, section, contract, purpose, actp, glass, mfa, i2, mn, tier, device, kind, act, sys, cls, obj
 
 [policy_definition]
-p = rule, eft
+p = eft
 
 [role_definition]
 g = _, _, _
 
 [policy_effect]
-e = priority(p.eft) || deny
+e = some(where (p.eft == allow))
 
 [matchers]
-# Deny rules, then allow rules (SPEC §6). unknown_asset needs no clause of its own: an asset
-# that is not in the register has no holder, so the holder clause denies it.
-m = p.rule == "deny" && (!g(r.sys, "holder", r.obj) || g(r.sys, "locked", r.obj) && !g(r.sub, "exempt:" + r.sys, r.obj) || r.kind == "contractor" && !g(r.contract, "contract", r.obj) || r.device != "true" && !g("@", "tier:public", r.obj) || g("@", "my_number", r.obj) && (r.mfa != "true" || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "contractor" && g("@", "tier:secret", r.obj) && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit")) || p.rule == "allow" && (g("@", "tier:public", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && g(r.section, "owner", r.obj) && !g("@", "my_number", r.obj) && !g("@", "tier:secret", r.obj) && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !g("@", "integrity:2", r.obj)) || g(r.sub, r.act, r.obj) || r.kind == "staff" && g(r.section, r.act, r.obj) || r.kind == "contractor" && g(r.contract, r.act, r.obj) || r.purpose != "" && (g(r.sub, r.actp, r.obj) || r.kind == "staff" && g(r.section, r.actp, r.obj) || r.kind == "contractor" && g(r.contract, r.actp, r.obj)) || r.glass == "true" && r.act == "read" && r.kind == "staff" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj)))
+# No deny rule applies (SPEC §6, in order: holder and class — an asset not in the register
+# has neither —, lockdown, contract, device, My Number, contractor output), and an allow
+# rule does (public, owner section, grants by person, section or contract — with purpose
+# for My Number assets —, emergency responders).
+m = (g(r.sys, r.cls, r.obj) || g(r.sys, "locked", r.obj) && g("@", r.cls, r.obj) && g(r.sub, "exempt:" + r.sys, r.obj)) && !(r.kind == "contractor" && (!g(r.contract, "contract", r.obj) || r.tier == "secret" && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit"))) && (r.device || r.tier == "public") && !(r.mn && (!r.mfa || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit")) && (r.tier == "public" && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && (!r.mn && r.tier != "secret" && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !r.i2) && g(r.section, "owner", r.obj) || !r.mn && (g(r.sub, r.act, r.obj) || g(r.section, r.act, r.obj)) || r.mn && (g(r.sub, r.actp, r.obj) || g(r.section, r.actp, r.obj)) || r.glass && r.act == "read" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj))) || r.kind == "contractor" && (!r.mn && (g(r.sub, r.act, r.obj) || g(r.contract, r.act, r.obj)) || r.mn && (g(r.sub, r.actp, r.obj) || g(r.contract, r.actp, r.obj))))
 "##;
 
-/// The two `p` rows, in priority order.
-pub const P_ROWS: [[&str; 2]; 2] = [["deny", "deny"], ["allow", "allow"]];
+/// The request fields, in `r` order (for `policy explain`).
+pub const REQUEST_FIELDS: [&str; 16] = [
+    "sub", "section", "contract", "purpose", "actp", "glass", "mfa", "i2", "mn", "tier", "device",
+    "kind", "act", "sys", "cls", "obj",
+];
+
+/// The one `p` row.
+pub const P_ROWS: [[&str; 1]; 1] = [["allow"]];
+
+/// The class fact of an asset: its tier, and whether it holds My Number data and has
+/// integrity level 2 — everything the matcher reads about the asset.
+pub fn class(a: &AssetFacts) -> &'static str {
+    class_of(a.tier, a.my_number, a.integrity_2())
+}
+
+fn class_of(tier: Tier, my_number: bool, integrity_2: bool) -> &'static str {
+    match (tier, my_number, integrity_2) {
+        (Tier::Public, false, false) => "class:public",
+        (Tier::Public, false, true) => "class:public+integrity2",
+        (Tier::Public, true, false) => "class:public+my_number",
+        (Tier::Public, true, true) => "class:public+my_number+integrity2",
+        (Tier::Internal, false, false) => "class:internal",
+        (Tier::Internal, false, true) => "class:internal+integrity2",
+        (Tier::Internal, true, false) => "class:internal+my_number",
+        (Tier::Internal, true, true) => "class:internal+my_number+integrity2",
+        (Tier::Secret, false, false) => "class:secret",
+        (Tier::Secret, false, true) => "class:secret+integrity2",
+        (Tier::Secret, true, false) => "class:secret+my_number",
+        (Tier::Secret, true, true) => "class:secret+my_number+integrity2",
+    }
+}
+
+/// Every class fact.
+pub fn all_classes() -> impl Iterator<Item = &'static str> {
+    [Tier::Public, Tier::Internal, Tier::Secret]
+        .into_iter()
+        .flat_map(|tier| {
+            [(false, false), (false, true), (true, false), (true, true)]
+                .map(|(my_number, i2)| class_of(tier, my_number, i2))
+        })
+}
+
+/// The tier as the matcher spells it (`r.tier`).
+pub fn tier_name(t: Tier) -> &'static str {
+    match t {
+        Tier::Public => "public",
+        Tier::Internal => "internal",
+        Tier::Secret => "secret",
+    }
+}
 
 /// Percent-encodes ASCII characters outside `[A-Za-z0-9._~@:/-]` (and `%`). Non-ASCII
 /// text (Japanese names, purposes) passes unchanged.
@@ -110,17 +168,13 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
         let ai32 = u32::try_from(ai).unwrap_or(u32::MAX);
         let dom = a.id.as_str();
         let here = Origin::Asset(ai32);
-        emit("g", &["@", tier_fact(a.tier), dom], here);
-        if a.my_number {
-            emit("g", &["@", "my_number", dom], here);
-        }
-        if a.integrity_2() {
-            emit("g", &["@", "integrity:2", dom], here);
-        }
+        let class = class(a);
+        emit("g", &["@", class, dom], here);
         let owner = format!("s:{}", a.owner);
         emit("g", &[&owner, "owner", dom], here);
-        for h in &a.holders {
-            emit("g", &[&format!("y:{h}"), "holder", dom], here);
+        // A holder under lockdown gets a `locked` link instead (see `lockdown_rows`).
+        for h in a.holders.iter().filter(|h| !locked(facts, ai32, h)) {
+            emit("g", &[&format!("y:{h}"), class, dom], here);
         }
         if let Some(cs) = contracts_by_section.get(a.owner.as_str()) {
             for c in cs {
@@ -133,12 +187,8 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
     }
 }
 
-fn tier_fact(t: Tier) -> &'static str {
-    match t {
-        Tier::Public => "tier:public",
-        Tier::Internal => "tier:internal",
-        Tier::Secret => "tier:secret",
-    }
+fn locked(facts: &Facts, ai: u32, system: &str) -> bool {
+    facts.lockdowns.iter().any(|l| l.covers(ai, system))
 }
 
 fn grant_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Origin)) {
@@ -298,11 +348,8 @@ mod tests {
     #[test]
     fn no_fact_is_spellable_as_a_prefixed_name() {
         for fact in [
-            "tier:public",
-            "tier:internal",
-            "tier:secret",
-            "my_number",
-            "integrity:2",
+            "class:public",
+            "class:secret+my_number+integrity2",
             "owner",
             "holder",
             "contract",

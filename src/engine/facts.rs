@@ -6,12 +6,15 @@
 //! and the obligations. Only grants, contracts, emergencies and lockdowns in force at `at`
 //! are kept; `next_change` says when that set changes next.
 
+use super::role_manager::DomainIndex;
 use crate::policy::index::Index;
 use crate::policy::model::{Action, EmergencyScope, RuntimeState, Tier};
 use crate::policy::source::{Location, Span};
 use crate::time::Instant;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+pub use super::role_manager::FastMap;
 
 /// One asset of the register as decisions see it.
 #[derive(Debug, Clone)]
@@ -59,9 +62,9 @@ pub struct GrantEntry {
 /// Grants on one asset, by kind of principal. Lists are in bundle order.
 #[derive(Debug, Default, Clone)]
 pub struct AssetGrants {
-    pub users: HashMap<String, Vec<GrantEntry>>,
-    pub sections: HashMap<String, Vec<GrantEntry>>,
-    pub contracts: HashMap<String, Vec<GrantEntry>>,
+    pub users: FastMap<String, Vec<GrantEntry>>,
+    pub sections: FastMap<String, Vec<GrantEntry>>,
+    pub contracts: FastMap<String, Vec<GrantEntry>>,
 }
 
 /// A lockdown in force, with its section scope expanded to assets.
@@ -99,7 +102,8 @@ impl ActiveEmergency {
 pub struct Facts {
     pub at: Option<Instant>,
     pub assets: Vec<AssetFacts>,
-    pub asset_index: HashMap<String, u32>,
+    /// Asset id → position in `assets`; shared with the role manager (its domains).
+    pub asset_index: Arc<DomainIndex>,
     /// Parallel to `assets`.
     pub grants: Vec<AssetGrants>,
     /// Effective grants in bundle order (`GrantEntry::order` indexes this).
@@ -164,7 +168,7 @@ impl Facts {
             }
             let tier = Tier::of_level(&a.confidentiality.value).unwrap_or(Tier::Secret);
             let n = u32::try_from(facts.assets.len()).unwrap_or(u32::MAX);
-            facts.asset_index.insert(a.id.value.clone(), n);
+            Arc::make_mut(&mut facts.asset_index).insert(a.id.value.as_str().into(), n);
             facts.assets.push(AssetFacts {
                 id: a.id.value.clone(),
                 name: a.name.clone(),

@@ -19,8 +19,11 @@ use crate::policy::Loaded;
 use crate::policy::index::Index;
 use crate::policy::model::RuntimeState;
 use crate::time::Instant;
+use casbin::rhai::{Dynamic, ImmutableString};
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter};
-use casbin_model::{MODEL_CONF, Origin, csv_line, encode, for_each_row};
+use casbin_model::{
+    MODEL_CONF, Origin, REQUEST_FIELDS, class, csv_line, encode, for_each_row, tier_name,
+};
 pub use decide::{Decision, Env, Reason, Request, Subject, SubjectKind};
 use decide::{TraceStep, Verdict};
 use facts::Facts;
@@ -58,32 +61,106 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// The Casbin request tuple of a request, in `r` order.
-pub fn request_tuple(req: &Request) -> [String; 12] {
-    let s = &req.subject;
-    let b = |v: bool| String::from(if v { "true" } else { "false" });
-    // Names carry the prefixes of their kind (see `casbin_model`), so the matcher needs no
-    // string concatenation per call.
-    let purpose = encode(req.env.purpose().unwrap_or("")).into_owned();
-    let actp = if purpose.is_empty() {
-        String::new()
-    } else {
-        format!("{}/{purpose}", req.action.as_str())
-    };
-    [
-        format!("y:{}", req.system),
-        format!("u:{}", encode(&s.sub)),
-        s.kind.as_str().to_string(),
-        format!("s:{}", encode(s.section.as_deref().unwrap_or(""))),
-        format!("c:{}", encode(s.contract.as_deref().unwrap_or(""))),
-        b(s.mfa),
-        req.asset.clone(),
-        req.action.as_str().to_string(),
-        b(req.env.device_issued),
-        purpose,
-        b(req.env.break_glass()),
-        actp,
-    ]
+/// The Casbin request of a decision, in `r` order ([`REQUEST_FIELDS`]): strings and
+/// booleans, as `policy explain` prints them and as the exported model expects them.
+#[derive(Debug, Clone)]
+pub struct CasbinRequest(Vec<Dynamic>);
+
+impl CasbinRequest {
+    /// The values, in `r` order, as Casbin takes them.
+    pub fn values(&self) -> &[Dynamic] {
+        &self.0
+    }
+
+    /// Each field by name, as text (`true`/`false` for booleans).
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, CasbinValue)> + '_ {
+        REQUEST_FIELDS.into_iter().zip(self.0.iter().map(|v| {
+            match (v.as_bool(), v.read_lock::<ImmutableString>()) {
+                (Ok(b), _) => CasbinValue::Flag(b),
+                (_, Some(s)) => CasbinValue::Text(s.to_string()),
+                _ => CasbinValue::Text(v.to_string()),
+            }
+        }))
+    }
+}
+
+/// One field of a [`CasbinRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum CasbinValue {
+    Text(String),
+    Flag(bool),
+}
+
+impl serde::Serialize for CasbinRequest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.fields().map(|(_, v)| v))
+    }
+}
+
+/// The fixed strings of a request (kinds, actions, tiers, classes), made once: a request
+/// shares them instead of allocating its own.
+fn constant(text: &'static str) -> Dynamic {
+    static CONSTANTS: std::sync::LazyLock<facts::FastMap<&'static str, ImmutableString>> =
+        std::sync::LazyLock::new(|| {
+            let kinds = [SubjectKind::Staff, SubjectKind::Contractor].map(SubjectKind::as_str);
+            let actions = crate::policy::model::Action::ALL.map(|a| a.as_str());
+            let classes = casbin_model::all_classes();
+            kinds
+                .into_iter()
+                .chain(actions)
+                .chain(["", "public", "internal", "secret"])
+                .chain(classes)
+                .map(|t| (t, ImmutableString::from(t)))
+                .collect()
+        });
+    CONSTANTS.get(text).map_or_else(
+        || Dynamic::from(ImmutableString::from(text)),
+        |s| Dynamic::from(s.clone()),
+    )
+}
+
+impl Snapshot {
+    /// The Casbin request of `req`. The asset's levels and class come from the register
+    /// (empty for an asset that is not in it, which no link matches).
+    pub fn casbin_request(&self, req: &Request) -> CasbinRequest {
+        let s = &req.subject;
+        let text = |v: &str| Dynamic::from(ImmutableString::from(v));
+        let prefixed = |prefix: &str, v: &str| {
+            let mut t = String::with_capacity(prefix.len() + v.len());
+            t.push_str(prefix);
+            t.push_str(&encode(v));
+            Dynamic::from(ImmutableString::from(t))
+        };
+        // Names carry the prefixes of their kind (see `casbin_model`), so the matcher needs
+        // no string concatenation per call.
+        let purpose = encode(req.env.purpose().unwrap_or(""));
+        let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
+        // Only My Number assets have links keyed by action and purpose.
+        let actp = if purpose.is_empty() || !asset.is_some_and(|a| a.my_number) {
+            constant("")
+        } else {
+            text(&format!("{}/{purpose}", req.action.as_str()))
+        };
+        CasbinRequest(vec![
+            prefixed("u:", &s.sub),
+            prefixed("s:", s.section.as_deref().unwrap_or("")),
+            prefixed("c:", s.contract.as_deref().unwrap_or("")),
+            text(&purpose),
+            actp,
+            Dynamic::from(req.env.break_glass()),
+            Dynamic::from(s.mfa),
+            Dynamic::from(asset.is_some_and(|a| a.integrity_2())),
+            Dynamic::from(asset.is_some_and(|a| a.my_number)),
+            constant(asset.map_or("", |a| tier_name(a.tier))),
+            Dynamic::from(req.env.device_issued),
+            constant(s.kind.as_str()),
+            constant(req.action.as_str()),
+            prefixed("y:", &req.system),
+            constant(asset.map_or("", class)),
+            text(&req.asset),
+        ])
+    }
 }
 
 /// A decision with everything `policy explain` shows.
@@ -91,7 +168,7 @@ pub fn request_tuple(req: &Request) -> [String; 12] {
 pub struct Explanation {
     pub decision: Decision,
     pub trace: Vec<TraceStep>,
-    pub casbin_request: [String; 12],
+    pub casbin_request: CasbinRequest,
     pub casbin_allow: Option<bool>,
 }
 
@@ -118,36 +195,41 @@ impl Snapshot {
             .map_err(|e| CompileError::Model(e.to_string()))?;
         let mut enforcer = pollster::block_on(Enforcer::new_raw(model, MemoryAdapter::default()))
             .map_err(|e| CompileError::Model(e.to_string()))?;
-        // Same semantics as casbin's default role manager (property-tested), without its
-        // per-call allocations.
-        let rm: Arc<parking_lot::RwLock<dyn casbin::RoleManager>> = Arc::new(
-            parking_lot::RwLock::new(role_manager::IndexedRoleManager::new(10)),
-        );
-        enforcer
-            .set_role_manager(rm)
-            .map_err(|e| CompileError::Model(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(MODEL_CONF.as_bytes());
         let mut expected = 0usize;
         let mut loaded = 0usize;
+        // The role links go straight into the role manager (same semantics as casbin's
+        // default one, property-tested, without its per-call allocations). Casbin would
+        // otherwise keep a second copy of every `g` row in its model — ≈ 270 MiB at city
+        // scale — that no decision reads.
+        let mut links =
+            role_manager::IndexedRoleManager::with_domains(10, facts.asset_index.clone());
         {
             let m = enforcer.get_mut_model();
             let mut writer = CsvWriter::new(&facts, &mut hasher);
             for_each_row(&facts, &mut |ptype, values, origin| {
                 writer.row(ptype, values, origin);
                 expected += 1;
-                let sec = if ptype == "p" { "p" } else { "g" };
-                if m.add_policy(sec, ptype, values.iter().map(|v| v.to_string()).collect()) {
-                    loaded += 1;
-                }
+                let added = match (ptype, values) {
+                    ("g", [name, fact, domain]) => links.insert(name, fact, domain),
+                    ("p", _) => {
+                        m.add_policy("p", "p", values.iter().map(|v| v.to_string()).collect())
+                    }
+                    _ => false,
+                };
+                loaded += usize::from(added);
             });
         }
-        // Guard against Casbin dropping rows silently (duplicates or malformed rows).
+        // Guard against rows dropped silently (duplicates or malformed rows).
         if loaded != expected {
             return Err(CompileError::RowsDropped { loaded, expected });
         }
+        enforcer.enable_auto_build_role_links(false);
+        let rm: Arc<parking_lot::RwLock<dyn casbin::RoleManager>> =
+            Arc::new(parking_lot::RwLock::new(links));
         enforcer
-            .build_role_links()
+            .set_role_manager(rm)
             .map_err(|e| CompileError::Model(e.to_string()))?;
         let digest = hex::encode(hasher.finalize());
         let version: Arc<str> = Arc::from(format!("sha256:{}", &digest[..16]));
@@ -178,15 +260,15 @@ impl Snapshot {
         self.disagreements.load(Ordering::Relaxed)
     }
 
-    /// Casbin's verdict; the tuple is moved in, so its strings are not copied again.
-    fn casbin_allows(&self, tuple: [String; 12]) -> Option<bool> {
-        self.enforcer.enforce(Vec::from(tuple)).ok()
+    /// Casbin's verdict; the request is moved in, so its strings are not copied again.
+    fn casbin_allows(&self, request: CasbinRequest) -> Option<bool> {
+        self.enforcer.enforce(request.0).ok()
     }
 
     /// Decides a request. Never fails: an engine error is a deny.
     pub fn decide(&self, req: &Request) -> Decision {
         let verdict = decide::explain(&self.facts, req, None);
-        let casbin = self.casbin_allows(request_tuple(req));
+        let casbin = self.casbin_allows(self.casbin_request(req));
         self.finish(req, verdict, casbin)
     }
 
@@ -194,7 +276,7 @@ impl Snapshot {
     pub fn explain(&self, req: &Request) -> Explanation {
         let mut trace = Vec::new();
         let verdict = decide::explain(&self.facts, req, Some(&mut trace));
-        let casbin_request = request_tuple(req);
+        let casbin_request = self.casbin_request(req);
         let casbin_allow = self.casbin_allows(casbin_request.clone());
         Explanation {
             decision: self.finish(req, verdict, casbin_allow),
@@ -325,5 +407,84 @@ impl<'a> CsvWriter<'a> {
                 .get(e as usize)
                 .map_or_else(String::new, |s| format!("# emergency {}", src(&s.source))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::Action;
+
+    fn sample() -> Snapshot {
+        let at = crate::time::parse_policy_time("2026-06-01T12:00:00+09:00").expect("time");
+        let loaded = crate::policy::load(std::path::Path::new("policies"), at);
+        Snapshot::compile(&loaded, at, &RuntimeState::default()).expect("the sample compiles")
+    }
+
+    /// Casbin checks the asset's attributes the request carries against the register: one
+    /// link holds only for the class the register gives the asset.
+    #[test]
+    fn casbin_denies_a_request_whose_asset_attributes_are_not_the_registers() {
+        let snap = sample();
+        let facts = snap.facts();
+        let mut allowed = 0;
+        for (ai, asset) in facts.assets.iter().enumerate() {
+            let Some(system) = asset.holders.first() else {
+                continue;
+            };
+            let req = Request {
+                system: system.clone(),
+                subject: Subject::new(
+                    "tester",
+                    Some(&asset.owner),
+                    SubjectKind::Staff,
+                    None,
+                    &["pwd".into(), "otp".into()],
+                ),
+                asset: asset.id.clone(),
+                action: Action::Read,
+                env: Env {
+                    device_issued: true,
+                    purpose: Some("test".into()),
+                    break_glass_reason: None,
+                },
+            };
+            let honest = snap.casbin_request(&req);
+            if snap.casbin_allows(honest.clone()) != Some(true) {
+                continue;
+            }
+            allowed += 1;
+            let cls = REQUEST_FIELDS
+                .iter()
+                .position(|f| *f == "cls")
+                .expect("cls");
+            let tier = REQUEST_FIELDS
+                .iter()
+                .position(|f| *f == "tier")
+                .expect("tier");
+            for other in casbin_model::all_classes().filter(|c| *c != class(asset)) {
+                let mut forged = honest.clone();
+                forged.0[cls] = Dynamic::from(ImmutableString::from(other));
+                assert_eq!(
+                    snap.casbin_allows(forged),
+                    Some(false),
+                    "asset #{ai} {} allowed with class {other}",
+                    asset.id
+                );
+            }
+            // Attributes that disagree with the class fact are not believed either: a
+            // public tier with the asset's real class still needs the real class link, and
+            // the holder link of another asset's class is absent.
+            let mut forged = honest.clone();
+            forged.0[tier] = Dynamic::from(ImmutableString::from("public"));
+            forged.0[cls] = Dynamic::from(ImmutableString::from("class:public"));
+            if class(asset) != "class:public" {
+                assert_eq!(snap.casbin_allows(forged), Some(false), "{}", asset.id);
+            }
+        }
+        assert!(
+            allowed > 5,
+            "only {allowed} owner reads allowed in the sample"
+        );
     }
 }
