@@ -7,6 +7,9 @@ use super::record::{GENESIS, Record, chain_hash, encode};
 use rusqlite::{Connection, OpenFlags, params};
 use std::path::Path;
 
+/// WAL pages after which the writer checkpoints by itself (16 MiB of 4 KiB pages).
+pub const WRITER_CHECKPOINT_PAGES: i64 = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("decision log store: {0}")]
@@ -99,9 +102,34 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Checkpoints run on their own thread ([`Store::checkpoint`]); the writer checkpoints
+        // only when the WAL passes this size, which lets SQLite restart the WAL from its
+        // beginning under unbroken load (see `writer`).
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(Store { conn })
+    }
+
+    /// A connection for the checkpointer thread (no schema work; the writer made it).
+    pub fn open_for_checkpoints(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_millis(100))?;
+        Ok(Store { conn })
+    }
+
+    /// Copies committed WAL frames into the database file without blocking the writer
+    /// (SQLite's PASSIVE checkpoint); returns (frames in the WAL, frames copied).
+    pub fn checkpoint(&self) -> Result<(i64, i64), StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })?)
     }
 
     /// Opens an existing store read-only (offline verification, queries).

@@ -552,3 +552,37 @@ fn impossible_archive_headers_are_malformed() {
         );
     }
 }
+
+/// Checkpoints run beside the writer: committed records reach the database file itself,
+/// not only the WAL, while the writer goes on; without the checkpointer they would stay in
+/// the WAL until it reached the writer's own limit (16 MiB).
+#[tokio::test]
+async fn the_checkpointer_copies_committed_records_into_the_database_file() {
+    use sekimori::audit::writer::{CheckpointPolicy, LogWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let writer = LogWriter::start(&path, None, CheckpointPolicy::default()).unwrap();
+    for i in 0..400 {
+        let mut r = Record::new(RecordKind::Decision);
+        r.system = Some("juki".into());
+        r.reason = Some(format!("grant-{i}"));
+        writer.append(vec![r]).await.unwrap();
+    }
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while size(&path) < 200 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let wal = size(&dir.path().join("log.db-wal"));
+    assert!(
+        size(&path) >= 200 * 1024,
+        "the database file holds {} bytes after 400 commits (WAL {wal} bytes): nothing was checkpointed",
+        size(&path)
+    );
+    assert!(wal < 32 * 1024 * 1024, "WAL {wal} bytes");
+    drop(writer);
+    let store = Store::open_read_only(&path).unwrap();
+    let report = verify(&store, None, None, |_| {}).unwrap();
+    assert!(report.ok(), "{:?}", report.problem);
+    assert_eq!(report.records, 400);
+}
