@@ -202,7 +202,7 @@ fn grant_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Origin
         ("s:", &grants.sections),
         ("c:", &grants.contracts),
     ] {
-        let mut names: Vec<&String> = map.keys().collect();
+        let mut names: Vec<&super::facts::Name> = map.keys().collect();
         names.sort();
         for name in names {
             let Some(entries) = map.get(name) else {

@@ -14,7 +14,10 @@ use crate::time::Instant;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-pub use super::role_manager::FastMap;
+pub use super::role_manager::{FastMap, Name};
+
+/// A grantee's name → the grants naming it on one asset, in bundle order (usually one).
+pub type Grantees = FastMap<Name, smallvec::SmallVec<[GrantEntry; 1]>>;
 
 /// One asset of the register as decisions see it.
 #[derive(Debug, Clone)]
@@ -62,9 +65,9 @@ pub struct GrantEntry {
 /// Grants on one asset, by kind of principal. Lists are in bundle order.
 #[derive(Debug, Default, Clone)]
 pub struct AssetGrants {
-    pub users: FastMap<String, Vec<GrantEntry>>,
-    pub sections: FastMap<String, Vec<GrantEntry>>,
-    pub contracts: FastMap<String, Vec<GrantEntry>>,
+    pub users: Grantees,
+    pub sections: Grantees,
+    pub contracts: Grantees,
 }
 
 /// A lockdown in force, with its section scope expanded to assets.
@@ -230,19 +233,19 @@ impl Facts {
                 };
                 for u in &g.subjects.users {
                     slot.users
-                        .entry(u.value.clone())
+                        .entry(u.value.as_str().into())
                         .or_default()
                         .push(entry.clone());
                 }
                 for s in &g.subjects.sections {
                     slot.sections
-                        .entry(s.value.clone())
+                        .entry(s.value.as_str().into())
                         .or_default()
                         .push(entry.clone());
                 }
                 for c in &g.subjects.contracts {
                     slot.contracts
-                        .entry(c.value.clone())
+                        .entry(c.value.as_str().into())
                         .or_default()
                         .push(entry.clone());
                 }
@@ -355,7 +358,7 @@ impl Facts {
                 && (!my_number || purpose.is_some_and(|p| e.purposes.iter().any(|gp| gp == p)))
         };
         let mut best: Option<u32> = None;
-        let mut consider = |list: Option<&Vec<GrantEntry>>| {
+        let mut consider = |list: Option<&smallvec::SmallVec<[GrantEntry; 1]>>| {
             if let Some(e) = list.and_then(|l| l.iter().find(fits)) {
                 best = Some(best.map_or(e.order, |b| b.min(e.order)));
             }

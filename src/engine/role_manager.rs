@@ -26,8 +26,8 @@ pub type Name = smartstring::alias::String;
 /// Domain (asset id) → position, shared with the facts.
 pub type DomainIndex = FastMap<Name, u32>;
 
-/// One domain's links: name → the names it links to directly.
-type DomainLinks = FastMap<Name, Vec<Name>>;
+/// One domain's links: name → the names it links to directly (almost always one, inline).
+type DomainLinks = FastMap<Name, smallvec::SmallVec<[Name; 1]>>;
 
 #[derive(Debug, Default)]
 pub struct IndexedRoleManager {
@@ -82,7 +82,7 @@ impl IndexedRoleManager {
         let links = self.domain_mut(domain);
         // Look up before allocating a key: most rows land on an existing name.
         if !links.contains_key(name) {
-            links.insert(Name::from(name), Vec::new());
+            links.insert(Name::from(name), smallvec::SmallVec::new());
         }
         let Some(targets) = links.get_mut(name) else {
             return false;
