@@ -351,7 +351,6 @@ mod tests {
             "class:public",
             "class:secret+my_number+integrity2",
             "owner",
-            "holder",
             "contract",
             "locked",
             "exempt:y:juki",
