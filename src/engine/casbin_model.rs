@@ -89,15 +89,6 @@ pub fn all_classes() -> impl Iterator<Item = &'static str> {
         })
 }
 
-/// The tier as the matcher spells it (`r.tier`).
-pub fn tier_name(t: Tier) -> &'static str {
-    match t {
-        Tier::Public => "public",
-        Tier::Internal => "internal",
-        Tier::Secret => "secret",
-    }
-}
-
 /// Percent-encodes ASCII characters outside `[A-Za-z0-9._~@:/-]` (and `%`). Non-ASCII
 /// text (Japanese names, purposes) passes unchanged.
 pub fn encode(text: &str) -> Cow<'_, str> {

@@ -21,12 +21,10 @@ use crate::policy::model::RuntimeState;
 use crate::time::Instant;
 use casbin::rhai::{Dynamic, ImmutableString};
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter};
-use casbin_model::{
-    MODEL_CONF, Origin, REQUEST_FIELDS, class, csv_line, encode, for_each_row, tier_name,
-};
+use casbin_model::{MODEL_CONF, Origin, REQUEST_FIELDS, class, csv_line, encode, for_each_row};
 pub use decide::{Decision, Env, Reason, Request, Subject, SubjectKind};
 use decide::{TraceStep, Verdict};
-use facts::Facts;
+use facts::{AssetFacts, Facts};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::sync::Arc;
@@ -124,6 +122,11 @@ impl Snapshot {
     /// The Casbin request of `req`. The asset's levels and class come from the register
     /// (empty for an asset that is not in it, which no link matches).
     pub fn casbin_request(&self, req: &Request) -> CasbinRequest {
+        self.casbin_request_about(req, self.facts.asset(&req.asset).map(|(_, a)| a))
+    }
+
+    /// [`Snapshot::casbin_request`] with the asset already looked up.
+    fn casbin_request_about(&self, req: &Request, asset: Option<&AssetFacts>) -> CasbinRequest {
         let s = &req.subject;
         let text = |v: &str| Dynamic::from(ImmutableString::from(v));
         let prefixed = |prefix: &str, v: &str| {
@@ -135,7 +138,6 @@ impl Snapshot {
         // Names carry the prefixes of their kind (see `casbin_model`), so the matcher needs
         // no string concatenation per call.
         let purpose = encode(req.env.purpose().unwrap_or(""));
-        let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
         // Only My Number assets have links keyed by action and purpose.
         let actp = if purpose.is_empty() || !asset.is_some_and(|a| a.my_number) {
             constant("")
@@ -152,7 +154,7 @@ impl Snapshot {
             Dynamic::from(s.mfa),
             Dynamic::from(asset.is_some_and(|a| a.integrity_2())),
             Dynamic::from(asset.is_some_and(|a| a.my_number)),
-            constant(asset.map_or("", |a| tier_name(a.tier))),
+            constant(asset.map_or("", |a| a.tier.as_str())),
             Dynamic::from(req.env.device_issued),
             constant(s.kind.as_str()),
             constant(req.action.as_str()),
@@ -267,27 +269,36 @@ impl Snapshot {
 
     /// Decides a request. Never fails: an engine error is a deny.
     pub fn decide(&self, req: &Request) -> Decision {
+        // The explainer looks the asset up on its own (it is the independent evaluation);
+        // the Casbin request and the answer share one lookup.
         let verdict = decide::explain(&self.facts, req, None);
-        let casbin = self.casbin_allows(self.casbin_request(req));
-        self.finish(req, verdict, casbin)
+        let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
+        let casbin = self.casbin_allows(self.casbin_request_about(req, asset));
+        self.finish(req, verdict, casbin, asset)
     }
 
     /// Decides with the full trace, for `policy explain` and `policy test`.
     pub fn explain(&self, req: &Request) -> Explanation {
         let mut trace = Vec::new();
         let verdict = decide::explain(&self.facts, req, Some(&mut trace));
-        let casbin_request = self.casbin_request(req);
+        let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
+        let casbin_request = self.casbin_request_about(req, asset);
         let casbin_allow = self.casbin_allows(casbin_request.clone());
         Explanation {
-            decision: self.finish(req, verdict, casbin_allow),
+            decision: self.finish(req, verdict, casbin_allow, asset),
             trace,
             casbin_request,
             casbin_allow,
         }
     }
 
-    fn finish(&self, req: &Request, verdict: Verdict, casbin: Option<bool>) -> Decision {
-        let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
+    fn finish(
+        &self,
+        req: &Request,
+        verdict: Verdict,
+        casbin: Option<bool>,
+        asset: Option<&AssetFacts>,
+    ) -> Decision {
         let agreed = casbin == Some(verdict.reason.is_allow());
         let (reason, rule) = if agreed {
             (verdict.reason, verdict.rule)
