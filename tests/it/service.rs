@@ -84,6 +84,19 @@ impl TestServer {
             .unwrap()
     }
 
+    /// A channel with the development certificate of `system`.
+    async fn system_channel(&self, system: &str) -> Channel {
+        let p = self.paths();
+        self.channel_as(p.client_cert(system), p.client_key(system))
+            .await
+    }
+
+    /// A channel with the development operator certificate.
+    async fn operator_channel(&self) -> Channel {
+        let p = self.paths();
+        self.channel_as(p.operator_cert(), p.operator_key()).await
+    }
+
     fn paths(&self) -> DevPaths {
         DevPaths::new(self.data.path())
     }
@@ -730,12 +743,7 @@ fn store(server: &TestServer) -> sekimori::audit::store::Store {
 }
 
 async fn health_status(server: &TestServer) -> i32 {
-    let channel = server
-        .channel_as(
-            server.paths().client_cert("juki"),
-            server.paths().client_key("juki"),
-        )
-        .await;
+    let channel = server.system_channel("juki").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -846,12 +854,7 @@ async fn rejected_requests_are_recorded() {
 #[tokio::test]
 async fn health_reports_serving() {
     let server = TestServer::start().await;
-    let channel = server
-        .channel_as(
-            server.paths().client_cert("juki"),
-            server.paths().client_key("juki"),
-        )
-        .await;
+    let channel = server.system_channel("juki").await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let r = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -879,15 +882,20 @@ struct RawCheckRequest {
     action: String,
 }
 
+/// The path of `Access.Check`, for calls made with raw messages.
+const CHECK_PATH: tonic::codegen::http::uri::PathAndQuery =
+    tonic::codegen::http::uri::PathAndQuery::from_static("/sekimori.v1.Access/Check");
+
+/// The codec of a `Check` call whose request is a [`RawCheckRequest`].
+fn raw_check_codec()
+-> tonic_prost::ProstCodec<RawCheckRequest, sekimori::server::proto::CheckResponse> {
+    tonic_prost::ProstCodec::default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_an_invalid_argument_without_internals() {
     let server = TestServer::start().await;
-    let channel = server
-        .channel_as(
-            server.paths().client_cert("juki"),
-            server.paths().client_key("juki"),
-        )
-        .await;
+    let channel = server.system_channel("juki").await;
     let mut grpc = tonic::client::Grpc::new(channel);
     let token = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
     for asset in [
@@ -896,24 +904,18 @@ async fn invalid_utf8_is_an_invalid_argument_without_internals() {
         b"juki\xed\xa0\x80".to_vec(),
     ] {
         grpc.ready().await.unwrap();
-        let status =
-            grpc
-                .unary(
-                    tonic::Request::new(RawCheckRequest {
-                        subject_token: token.clone(),
-                        asset,
-                        action: "read".into(),
-                    }),
-                    tonic::codegen::http::uri::PathAndQuery::from_static(
-                        "/sekimori.v1.Access/Check",
-                    ),
-                    tonic_prost::ProstCodec::<
-                        RawCheckRequest,
-                        sekimori::server::proto::CheckResponse,
-                    >::default(),
-                )
-                .await
-                .unwrap_err();
+        let status = grpc
+            .unary(
+                tonic::Request::new(RawCheckRequest {
+                    subject_token: token.clone(),
+                    asset,
+                    action: "read".into(),
+                }),
+                CHECK_PATH,
+                raw_check_codec(),
+            )
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(!status.message().contains("CheckRequest"), "{status:?}");
         assert_no_internals(&status);
@@ -1044,12 +1046,7 @@ async fn stalled_clients_do_not_starve_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_requests_end_at_the_timeout_and_others_go_on() {
     let server = TestServer::start().await;
-    let channel = server
-        .channel_as(
-            server.paths().client_cert("juki"),
-            server.paths().client_key("juki"),
-        )
-        .await;
+    let channel = server.system_channel("juki").await;
     let started = std::time::Instant::now();
     let mut stalled = Vec::new();
     for _ in 0..20 {
@@ -1057,18 +1054,12 @@ async fn stalled_requests_end_at_the_timeout_and_others_go_on() {
         stalled.push(tokio::spawn(async move {
             grpc.ready().await.unwrap();
             // Headers go out; the body (the request message) never comes.
-            grpc
-                .client_streaming(
-                    tonic::Request::new(tokio_stream::pending::<RawCheckRequest>()),
-                    tonic::codegen::http::uri::PathAndQuery::from_static(
-                        "/sekimori.v1.Access/Check",
-                    ),
-                    tonic_prost::ProstCodec::<
-                        RawCheckRequest,
-                        sekimori::server::proto::CheckResponse,
-                    >::default(),
-                )
-                .await
+            grpc.client_streaming(
+                tonic::Request::new(tokio_stream::pending::<RawCheckRequest>()),
+                CHECK_PATH,
+                raw_check_codec(),
+            )
+            .await
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1179,12 +1170,7 @@ mod audit_api {
     };
 
     async fn auditor_client(server: &TestServer) -> AuditClient<Channel> {
-        let channel = server
-            .channel_as(
-                server.paths().operator_cert(),
-                server.paths().operator_key(),
-            )
-            .await;
+        let channel = server.operator_channel().await;
         AuditClient::new(channel)
     }
 
@@ -1516,12 +1502,7 @@ mod audit_api {
             assert_eq!(s.code(), Code::PermissionDenied, "{roles:?}");
         }
         // A staff token through a business system's certificate cannot read it either.
-        let channel = server
-            .channel_as(
-                server.paths().client_cert("juki"),
-                server.paths().client_key("juki"),
-            )
-            .await;
+        let channel = server.system_channel("juki").await;
         let mut from_system = AuditClient::new(channel);
         let staff = server.token("e1010", Some("shimin"), &["pwd", "fpt"]);
         assert_eq!(
@@ -1566,12 +1547,7 @@ mod living {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     async fn admin(server: &TestServer) -> AdminClient<Channel> {
-        let channel = server
-            .channel_as(
-                server.paths().operator_cert(),
-                server.paths().operator_key(),
-            )
-            .await;
+        let channel = server.operator_channel().await;
         AdminClient::new(channel)
     }
 
@@ -1873,12 +1849,7 @@ mod living {
             }
         }
         // A business system's certificate, even with a CISO token, is not an operator.
-        let channel = server
-            .channel_as(
-                server.paths().client_cert("juki"),
-                server.paths().client_key("juki"),
-            )
-            .await;
+        let channel = server.system_channel("juki").await;
         let mut from_system = AdminClient::new(channel);
         let ciso = op(&server, "e0001", &["ciso"]);
         let s = from_system
