@@ -1,5 +1,7 @@
 //! Decision-log throughput: records committed per second with fsync under concurrent
-//! callers (each waiting for its own record, as Check does), and verification speed.
+//! callers (each waiting for its own record, as Check does), how far the auditors' index
+//! (filled in the background) is behind at the end and how long it takes to catch up,
+//! and verification speed.
 //! `cargo bench --bench log_append` (RECORDS, CALLERS env vars override the defaults).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -92,6 +94,17 @@ fn main() {
         "append: {records} records by {callers} concurrent callers, each awaiting its own fsync'd commit: {:.0} records/s, {commits} commits (mean group {:.1})",
         records as f64 / secs,
         records as f64 / commits.max(1) as f64
+    );
+    // The indexer runs beside the writer: what it had indexed when the last commit was
+    // answered, and when it caught up.
+    let indexed = writer.stats.indexed_seq.load(Ordering::Relaxed);
+    while writer.stats.indexed_seq.load(Ordering::Relaxed) < records {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let caught_up = started.elapsed().as_secs_f64();
+    eprintln!(
+        "index: {indexed} of {records} records indexed when the last commit was answered; all indexed after {caught_up:.1} s ({:.0} records/s end to end)",
+        records as f64 / caught_up
     );
     drop(writer);
     let store = Store::open_read_only(&path).unwrap();

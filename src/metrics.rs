@@ -41,6 +41,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         "sekimori_policy_info",
         "the policy version in force (label), value 1"
     );
+    metrics::describe_gauge!(
+        "sekimori_log_index_lag_records",
+        "decision-log records committed but not yet indexed for queries (read from the log meanwhile)"
+    );
     metrics::describe_counter!(
         "sekimori_rejections_total",
         "requests refused before a decision, by cause"
@@ -63,6 +67,11 @@ pub fn log_commit(took: Duration, records: usize) {
 
 pub fn log_queue_depth(depth: usize) {
     metrics::gauge!("sekimori_log_queue_depth").set(depth as f64);
+}
+
+/// Records committed to the log but not yet in the auditors' index (see `audit::store`).
+pub fn log_index_lag(records: u64) {
+    metrics::gauge!("sekimori_log_index_lag_records").set(records as f64);
 }
 
 pub fn log_commit_failed() {

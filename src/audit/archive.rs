@@ -54,18 +54,9 @@ struct Trailer {
 /// `out`, then removes them from the store in one transaction. The file is written and
 /// fsync'd before anything is removed.
 pub fn archive(store: &Store, before_us: i64, out: &Path) -> Result<ArchiveReport, ArchiveError> {
-    let conn = store.connection();
-    let last_old: Option<i64> = conn
-        .query_row(
-            "SELECT MAX(seq) FROM records WHERE time_us < ?1",
-            [before_us],
-            |r| r.get(0),
-        )
-        .map_err(StoreError::from)?;
-    let Some(last_old) = last_old else {
+    let Some(last_old) = store.last_seq_before(before_us)? else {
         return Err(ArchiveError::Nothing);
     };
-    let last_old = u64::try_from(last_old).unwrap_or(0);
     let anchor = store.anchor()?;
     let cp = store
         .checkpoints()?

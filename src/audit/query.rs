@@ -1,5 +1,10 @@
 //! The auditors' queries over the store: filters, paging in time order, export in
 //! chunks, summaries. Every filter is a bound parameter on an indexed column.
+//!
+//! Each query reads two parts in one statement (one snapshot): the index's entries (up to
+//! its `through`, joined back to the log for the bytes) and the records not yet indexed
+//! (the tail after `through`, read from the log by sequence number). Entries of archived
+//! records — sequence numbers up to the log's anchor — are skipped.
 
 use super::store::{Store, StoreError};
 use rusqlite::types::Value as SqlValue;
@@ -148,6 +153,9 @@ fn to_u64(v: i64) -> u64 {
 
 const ROW_COLUMNS: &str = "seq, id, time_us, kind, body, hash";
 
+/// Entries of records still in the log (archiving removes records, then their entries).
+const LIVE: &str = "seq > (SELECT COALESCE(MAX(seq), 0) FROM main.anchor)";
+
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
         seq: to_u64(r.get(0)?),
@@ -183,9 +191,20 @@ impl Store {
         }
         params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         let dir = if oldest_first { "ASC" } else { "DESC" };
+        let (ix, n) = (self.index_schema(), params.len());
+        // The first page of each part, merged: the index walks `(column, time_us)` from the
+        // cursor; the tail is short and read in sequence order. Joining on the id as well
+        // keeps an entry from ever returning another record's bytes.
         let sql = format!(
-            "SELECT {ROW_COLUMNS} FROM records WHERE {clause} ORDER BY time_us {dir}, seq {dir} LIMIT ?{}",
-            params.len()
+            "SELECT {ROW_COLUMNS} FROM (\
+               SELECT r.seq, r.id, r.time_us, r.kind, r.body, r.hash FROM \
+                 (SELECT seq, id FROM {ix}.entries WHERE {LIVE} AND {clause} \
+                  ORDER BY time_us {dir}, seq {dir} LIMIT ?{n}) AS e \
+                 JOIN main.records AS r ON r.seq = e.seq AND r.id = e.id \
+               UNION ALL \
+               SELECT {ROW_COLUMNS} FROM main.records \
+                 WHERE seq > (SELECT through FROM {ix}.progress) AND {clause}) \
+             ORDER BY time_us {dir}, seq {dir} LIMIT ?{n}"
         );
         let mut stmt = self.connection().prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(params), row_from)?;
@@ -194,9 +213,15 @@ impl Store {
 
     /// One record by id.
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
-        let mut stmt = self
-            .connection()
-            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM records WHERE id = ?1"))?;
+        let ix = self.index_schema();
+        let mut stmt = self.connection().prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM main.records \
+               WHERE seq IN (SELECT seq FROM {ix}.entries WHERE id = ?1) AND id = ?1 \
+             UNION ALL \
+             SELECT {ROW_COLUMNS} FROM main.records \
+               WHERE seq > (SELECT through FROM {ix}.progress) AND id = ?1 \
+             LIMIT 1"
+        ))?;
         let mut rows = stmt.query([id])?;
         match rows.next()? {
             Some(r) => Ok(Some(row_from(r)?)),
@@ -204,12 +229,36 @@ impl Store {
         }
     }
 
+    /// The last record recorded before `before_us` (retention's cut), if any.
+    pub fn last_seq_before(&self, before_us: i64) -> Result<Option<u64>, StoreError> {
+        let ix = self.index_schema();
+        let seq: Option<i64> = self.connection().query_row(
+            &format!(
+                "SELECT MAX(s) FROM (\
+                   SELECT MAX(seq) AS s FROM {ix}.entries WHERE {LIVE} AND time_us < ?1 \
+                   UNION ALL \
+                   SELECT MAX(seq) FROM main.records \
+                     WHERE seq > (SELECT through FROM {ix}.progress) AND time_us < ?1)"
+            ),
+            [before_us],
+            |r| r.get(0),
+        )?;
+        Ok(seq.map(to_u64))
+    }
+
     /// Counts of matching records grouped by `by`.
     pub fn summarize(&self, filter: &Filter, by: SummaryBy) -> Result<Vec<SummaryRow>, StoreError> {
         let (clause, params) = where_clause(filter);
         let key = by.expression();
+        let ix = self.index_schema();
+        let columns = "time_us, section, asset, reason, decision";
         let sql = format!(
-            "SELECT {key} AS k, SUM(decision = 'allow'), SUM(decision = 'deny'), COUNT(*) FROM records WHERE {clause} GROUP BY k ORDER BY k"
+            "SELECT {key} AS k, SUM(decision = 'allow'), SUM(decision = 'deny'), COUNT(*) FROM (\
+               SELECT {columns} FROM {ix}.entries WHERE {LIVE} AND {clause} \
+               UNION ALL \
+               SELECT {columns} FROM main.records \
+                 WHERE seq > (SELECT through FROM {ix}.progress) AND {clause}) \
+             GROUP BY k ORDER BY k"
         );
         let mut stmt = self.connection().prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {

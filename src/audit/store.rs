@@ -2,10 +2,19 @@
 //! committed transaction has been fsync'd. Records are append-only rows holding the
 //! canonical bytes and their chain hash, plus columns extracted from the record for
 //! the auditors' queries (the bytes are authoritative; the columns are an index).
+//!
+//! The auditors' indexes live in a second SQLite file beside the log (`<name>.index.db`,
+//! attached as `ix`), filled in large batches by a background indexer
+//! ([`Store::index_pending`]) rather than in every commit: a commit then writes only the
+//! log's own sequential pages, not one random page per index per record (measured in
+//! BENCHMARKS.md). Queries read the indexed entries and the records not yet indexed (the
+//! tail after `ix.progress.through`) together, so every committed record is visible at
+//! once. The index holds nothing that is not in the log: deleted, or found not to match
+//! the log, it is rebuilt from the log.
 
 use super::record::{GENESIS, Record, chain_hash, encode};
 use rusqlite::{Connection, OpenFlags, params};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// WAL pages after which the writer checkpoints by itself (16 MiB of 4 KiB pages).
 pub const WRITER_CHECKPOINT_PAGES: i64 = 4096;
@@ -21,7 +30,7 @@ pub enum StoreError {
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS records (
     seq            INTEGER PRIMARY KEY,
-    id             TEXT NOT NULL UNIQUE,
+    id             TEXT NOT NULL,
     time_us        INTEGER NOT NULL,
     kind           TEXT NOT NULL,
     system         TEXT,
@@ -36,12 +45,12 @@ CREATE TABLE IF NOT EXISTS records (
     body           BLOB NOT NULL,
     hash           BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_time ON records (time_us);
-CREATE INDEX IF NOT EXISTS records_sub ON records (sub, time_us);
-CREATE INDEX IF NOT EXISTS records_section ON records (section, time_us);
-CREATE INDEX IF NOT EXISTS records_system ON records (system, time_us);
-CREATE INDEX IF NOT EXISTS records_asset ON records (asset, time_us);
-CREATE INDEX IF NOT EXISTS records_reason ON records (reason, time_us);
+DROP INDEX IF EXISTS records_time;
+DROP INDEX IF EXISTS records_sub;
+DROP INDEX IF EXISTS records_section;
+DROP INDEX IF EXISTS records_system;
+DROP INDEX IF EXISTS records_asset;
+DROP INDEX IF EXISTS records_reason;
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq       INTEGER PRIMARY KEY,
     hash      BLOB NOT NULL,
@@ -55,6 +64,46 @@ CREATE TABLE IF NOT EXISTS anchor (
     hash BLOB NOT NULL
 );
 "#;
+
+/// The auditors' index (`SCHEMA_NAME` is `ix`, or `temp` for an empty stand-in): the
+/// query columns of every record up to `progress.through`, indexed by each filter with
+/// the time (SQLite adds the row id, `seq`, so pages come out in order without sorting).
+const INDEX_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS SCHEMA_NAME.entries (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL,
+    time_us        INTEGER NOT NULL,
+    kind           TEXT NOT NULL,
+    system         TEXT,
+    sub            TEXT,
+    section        TEXT,
+    asset          TEXT,
+    action         TEXT,
+    decision       TEXT,
+    reason         TEXT,
+    tier           TEXT,
+    policy_version TEXT
+);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_id ON entries (id);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_time ON entries (time_us);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_sub ON entries (sub, time_us);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_section ON entries (section, time_us);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_system ON entries (system, time_us);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_asset ON entries (asset, time_us);
+CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_reason ON entries (reason, time_us);
+CREATE TABLE IF NOT EXISTS SCHEMA_NAME.progress (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    through INTEGER NOT NULL
+);
+"#;
+
+/// The query columns, in `entries` order (also columns of `records`).
+pub(crate) const INDEX_COLUMNS: &str = "seq, id, time_us, kind, system, sub, section, asset, action, decision, reason, tier, policy_version";
+
+/// The index file beside a log: `decisions.db` → `decisions.index.db`.
+pub fn index_path(log: &Path) -> PathBuf {
+    log.with_extension("index.db")
+}
 
 /// The last committed record: where the next one chains from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +132,8 @@ pub struct Checkpoint {
 
 pub struct Store {
     conn: Connection,
+    /// Where the index is attached: `ix`, or `temp` when a read-only store has none.
+    index: &'static str,
 }
 
 impl std::fmt::Debug for Store {
@@ -108,7 +159,183 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn })
+        let store = Store::attach_index(conn, path)?;
+        store.repair_index()?;
+        Ok(store)
+    }
+
+    /// Attaches (creating if needed) the index file beside the log, for writing.
+    fn attach_index(conn: Connection, log: &Path) -> Result<Store, StoreError> {
+        conn.execute(
+            "ATTACH DATABASE ?1 AS ix",
+            [index_path(log).to_string_lossy()],
+        )?;
+        // The index can be rebuilt from the log: NORMAL durability (a crash may lose the
+        // last batches, which are then indexed again), never a torn file.
+        conn.pragma_update(Some("ix"), "journal_mode", "WAL")?;
+        conn.pragma_update(Some("ix"), "synchronous", "NORMAL")?;
+        conn.pragma_update(Some("ix"), "journal_size_limit", 64 * 1024 * 1024)?;
+        let store = Store { conn, index: "ix" };
+        store.create_index_schema()?;
+        Ok(store)
+    }
+
+    /// Creates the index's tables where they are missing. Writes nothing when they are
+    /// there, so a store on a read-only filesystem still opens (and then fails to commit,
+    /// which the service reports as such).
+    fn create_index_schema(&self) -> Result<(), StoreError> {
+        let ix = self.index;
+        self.conn
+            .execute_batch(&INDEX_SCHEMA.replace("SCHEMA_NAME", ix))?;
+        let rows: i64 =
+            self.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {ix}.progress"), [], |r| {
+                    r.get(0)
+                })?;
+        if rows == 0 {
+            self.conn.execute(
+                &format!("INSERT INTO {ix}.progress (id, through) VALUES (1, 0)"),
+                [],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether the index describes this log: its last entry is the log's record of that
+    /// sequence number (or everything it covered was archived). An index copied from
+    /// another log, or left from a log restored from an older backup, does not.
+    fn index_matches_log(&self) -> Result<bool, StoreError> {
+        let ix = self.index;
+        let (through, entry, record): (i64, Option<String>, Option<String>) = self.conn.query_row(
+            &format!(
+                "SELECT p.through, (SELECT id FROM {ix}.entries WHERE seq = p.through), \
+                 (SELECT id FROM main.records WHERE seq = p.through) FROM {ix}.progress AS p"
+            ),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let anchor = i64::try_from(self.anchor()?.seq).unwrap_or(i64::MAX);
+        Ok(through <= anchor || (entry.is_some() && entry == record))
+    }
+
+    /// Makes the index describe this log: starts it again when it does not, and drops
+    /// entries of archived records (left when an archive stopped between the two files).
+    fn repair_index(&self) -> Result<(), StoreError> {
+        if !self.index_matches_log()? {
+            tracing::warn!("the decision log's index does not match the log; rebuilding it");
+            self.conn.execute_batch(
+                "BEGIN; DELETE FROM ix.entries; UPDATE ix.progress SET through = 0; COMMIT;",
+            )?;
+        }
+        let archived = "seq <= (SELECT COALESCE(MAX(seq), 0) FROM main.anchor)";
+        let left: bool = self.conn.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM ix.entries WHERE {archived})"),
+            [],
+            |r| r.get(0),
+        )?;
+        if left {
+            self.conn
+                .execute(&format!("DELETE FROM ix.entries WHERE {archived}"), [])?;
+        }
+        Ok(())
+    }
+
+    /// A connection for the indexer thread: reads the log, writes the index.
+    pub fn open_for_indexing(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let store = Store::attach_index(conn, path)?;
+        // Batches touch many index pages: keep them in memory across batches (64 MiB).
+        store
+            .conn
+            .pragma_update(Some("ix"), "cache_size", -65_536)?;
+        Ok(store)
+    }
+
+    /// Indexes up to `max` records after the index's `through` in one transaction on the
+    /// index file; returns how many. The log is only read, and only while the rows are
+    /// copied into memory: a long read of the log would keep SQLite from restarting the
+    /// log's WAL, which then grows without bound under unbroken load.
+    pub fn index_pending(&self, max: u64) -> Result<u64, StoreError> {
+        let ix = self.index;
+        let through: i64 =
+            self.conn
+                .query_row(&format!("SELECT through FROM {ix}.progress"), [], |r| {
+                    r.get(0)
+                })?;
+        let rows: Vec<[rusqlite::types::Value; 13]> = {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {INDEX_COLUMNS} FROM main.records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(
+                params![through, i64::try_from(max).unwrap_or(i64::MAX)],
+                |r| {
+                    let mut row: [rusqlite::types::Value; 13] =
+                        std::array::from_fn(|_| rusqlite::types::Value::Null);
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = r.get(i)?;
+                    }
+                    Ok(row)
+                },
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let Some(upto) = rows.last().map(|r| r[0].clone()) else {
+            return Ok(0);
+        };
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare_cached(&format!(
+                "INSERT INTO {ix}.entries ({INDEX_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ))?;
+            for row in &rows {
+                insert.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+        }
+        // Another connection indexing the same records first (two indexers on one log)
+        // would have moved `through`: then this batch is rolled back.
+        let moved = tx.execute(
+            &format!("UPDATE {ix}.progress SET through = ?1 WHERE through = ?2"),
+            params![upto, through],
+        )?;
+        if moved == 0 {
+            return Ok(0);
+        }
+        tx.commit()?;
+        Ok(rows.len() as u64)
+    }
+
+    /// The last record in the index.
+    pub fn indexed_through(&self) -> Result<u64, StoreError> {
+        let ix = self.index;
+        let n: i64 =
+            self.conn
+                .query_row(&format!("SELECT through FROM {ix}.progress"), [], |r| {
+                    r.get(0)
+                })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Records committed but not yet indexed.
+    pub fn index_lag(&self) -> Result<u64, StoreError> {
+        let ix = self.index;
+        let n: i64 = self.conn.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM main.records WHERE seq > (SELECT through FROM {ix}.progress)"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The schema the index is attached as (`ix`, or `temp` for an empty stand-in).
+    pub(crate) fn index_schema(&self) -> &'static str {
+        self.index
     }
 
     /// A connection for the checkpointer thread (no schema work; the writer made it).
@@ -119,7 +346,7 @@ impl Store {
         )?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_millis(100))?;
-        Ok(Store { conn })
+        Ok(Store { conn, index: "" })
     }
 
     /// Copies committed WAL frames into the database file without blocking the writer
@@ -138,7 +365,29 @@ impl Store {
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        Ok(Store { conn })
+        let index = index_path(path);
+        if index.exists() {
+            conn.execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])?;
+            let store = Store { conn, index: "ix" };
+            if store.index_matches_log()? {
+                return Ok(store);
+            }
+            tracing::warn!("the decision log's index does not match the log; not using it");
+            store.conn.execute_batch("DETACH DATABASE ix")?;
+            return Store::without_index(store.conn);
+        }
+        Store::without_index(conn)
+    }
+
+    /// A read-only store with no usable index: an empty one in `temp`, so every record
+    /// is read as not yet indexed (slower, still complete).
+    fn without_index(conn: Connection) -> Result<Store, StoreError> {
+        let store = Store {
+            conn,
+            index: "temp",
+        };
+        store.create_index_schema()?;
+        Ok(store)
     }
 
     /// Limits the database to `pages` pages (SQLite's `max_page_count`): a full disk, for
@@ -277,12 +526,7 @@ impl Store {
 
     /// Whether a record with this id is stored.
     pub fn contains(&self, id: &str) -> Result<bool, StoreError> {
-        let n: i64 =
-            self.conn
-                .query_row("SELECT COUNT(*) FROM records WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })?;
-        Ok(n > 0)
+        Ok(self.get(id)?.is_some())
     }
 
     pub fn count(&self) -> Result<u64, StoreError> {
@@ -299,11 +543,11 @@ impl Store {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
             self.conn
-                .execute("DELETE FROM records WHERE seq <= ?1", [seq])?;
+                .execute("DELETE FROM main.records WHERE seq <= ?1", [seq])?;
             self.conn
-                .execute("DELETE FROM checkpoints WHERE seq < ?1", [seq])?;
+                .execute("DELETE FROM main.checkpoints WHERE seq < ?1", [seq])?;
             self.conn.execute(
-                "INSERT OR REPLACE INTO anchor (id, seq, hash) VALUES (1, ?1, ?2)",
+                "INSERT OR REPLACE INTO main.anchor (id, seq, hash) VALUES (1, ?1, ?2)",
                 params![seq, hash.as_slice()],
             )?;
             Ok::<(), rusqlite::Error>(())
@@ -311,6 +555,14 @@ impl Store {
         match result {
             Ok(()) => {
                 self.conn.execute_batch("COMMIT")?;
+                // Then the index (another file, so another transaction): entries left by a
+                // stop in between are never read (queries skip sequence numbers up to the
+                // anchor) and are dropped at the next open.
+                let ix = self.index;
+                if ix == "ix" {
+                    self.conn
+                        .execute(&format!("DELETE FROM {ix}.entries WHERE seq <= ?1"), [seq])?;
+                }
                 Ok(())
             }
             Err(e) => {

@@ -71,6 +71,8 @@ pub struct WriterStats {
     /// Hex chain hash of the last committed record.
     pub head_hash: std::sync::Mutex<String>,
     pub last_checkpoint_seq: AtomicU64,
+    /// The last record in the auditors' index.
+    pub indexed_seq: AtomicU64,
 }
 
 /// Handle to the writer thread.
@@ -109,11 +111,13 @@ impl LogWriter {
         let thread_stats = stats.clone();
         let unhealthy = Arc::new(AtomicBool::new(false));
         let checkpointer = start_checkpointer(path)?;
+        let indexer = start_indexer(path, stats.clone())?;
         std::thread::Builder::new()
             .name(String::from("sekimori-log-writer"))
             .spawn(move || {
-                // Dropped when this thread ends: the checkpointer then stops too.
+                // Dropped when this thread ends: the checkpointer and the indexer then stop.
                 let _checkpointer = checkpointer;
+                let _indexer = indexer;
                 let mut head = head;
                 let mut since_checkpoint = 0u64;
                 let mut last_checkpoint = Instant::now();
@@ -275,6 +279,61 @@ fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreE
             }
         })
         .map_err(|e| StoreError::Corrupt(format!("cannot start the log checkpointer: {e}")))?;
+    Ok(stop)
+}
+
+/// How often the indexer looks for records to index.
+const INDEX_EVERY: Duration = Duration::from_millis(500);
+/// Most records indexed in one transaction of the index file. Large batches are the point:
+/// each index page is written once per batch however many of its records the batch holds.
+pub const INDEX_BATCH: u64 = 50_000;
+
+/// Starts the indexer thread: it copies the query columns of newly committed records into
+/// the index file in large batches (see `store`), off the writer's thread and outside its
+/// commits. Failures lose nothing — the records stay in the log, queries read them there —
+/// and are retried. Stops when the returned sender is dropped.
+fn start_indexer(
+    path: &Path,
+    stats: Arc<WriterStats>,
+) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+    let store = Store::open_for_indexing(path)?;
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name(String::from("sekimori-log-indexer"))
+        .spawn(move || {
+            let mut failing = false;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(INDEX_EVERY)
+            {
+                loop {
+                    match store.index_pending(INDEX_BATCH) {
+                        Ok(n) => {
+                            failing = false;
+                            if let Ok(through) = store.indexed_through() {
+                                stats.indexed_seq.store(through, Ordering::Relaxed);
+                                let head = stats.head_seq.load(Ordering::Relaxed);
+                                crate::metrics::log_index_lag(head.saturating_sub(through));
+                            }
+                            // Caught up, or asked to stop: wait for the next round.
+                            if n < INDEX_BATCH || !matches!(
+                                stopped.try_recv(),
+                                Err(std::sync::mpsc::TryRecvError::Empty)
+                            ) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            if !failing {
+                                failing = true;
+                                tracing::warn!(error = %e, "decision log indexing failed; retrying");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the log indexer: {e}")))?;
     Ok(stop)
 }
 

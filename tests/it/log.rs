@@ -466,13 +466,29 @@ fn build_timed(dir: &Path) -> (Store, Vec<u8>) {
 
 #[test]
 fn archiving_keeps_both_halves_verifiable() {
+    use sekimori::audit::query::Filter;
     let dir = tempfile::tempdir().unwrap();
     let (store, key) = build_timed(dir.path());
+    // Records 1..=70 are indexed, the rest are read from the log.
+    assert_eq!(store.index_pending(70).unwrap(), 70);
     let archive = dir.path().join("archive.jsonl");
     // Records 1..=59 are older than second 60; the last checkpoint among them is at 50.
     let r = sekimori::audit::archive::archive(&store, 60_000_000, &archive).unwrap();
     assert_eq!((r.from_seq, r.to_seq, r.records), (1, 50, 50));
     assert_eq!(store.count().unwrap(), 50);
+    // Queries see the 50 records left, and the index keeps nothing of the archived ones.
+    let left = store.query(&Filter::default(), None, true, 1000).unwrap();
+    assert_eq!(
+        left.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (51..=100).collect::<Vec<_>>()
+    );
+    let stale: i64 = store
+        .connection()
+        .query_row("SELECT COUNT(*) FROM ix.entries WHERE seq <= 50", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(stale, 0);
     let report = verify(&store, Some(&key), None, |_| {}).unwrap();
     assert!(report.ok(), "{:?}", report.problem);
     assert_eq!(report.first_seq, Some(51));
@@ -570,12 +586,12 @@ async fn the_checkpointer_copies_committed_records_into_the_database_file() {
     }
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while size(&path) < 200 * 1024 && std::time::Instant::now() < deadline {
+    while size(&path) < 64 * 1024 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let wal = size(&dir.path().join("log.db-wal"));
     assert!(
-        size(&path) >= 200 * 1024,
+        size(&path) >= 64 * 1024,
         "the database file holds {} bytes after 400 commits (WAL {wal} bytes): nothing was checkpointed",
         size(&path)
     );
@@ -585,4 +601,214 @@ async fn the_checkpointer_copies_committed_records_into_the_database_file() {
     let report = verify(&store, None, None, |_| {}).unwrap();
     assert!(report.ok(), "{:?}", report.problem);
     assert_eq!(report.records, 400);
+}
+
+/// Everything a query can return about `store`, for comparing states of its index: pages
+/// (both directions, pages of five) for several filters, summaries, lookups by id and the
+/// retention cut.
+fn query_answers(store: &Store, ids: &[String]) -> Vec<String> {
+    use sekimori::audit::query::{Filter, SummaryBy};
+    let filters = [
+        Filter::default(),
+        Filter {
+            sub: Some("e3".into()),
+            ..Filter::default()
+        },
+        Filter {
+            section: Some("s1".into()),
+            from_us: Some(1_780_000_000_000_040),
+            ..Filter::default()
+        },
+        Filter {
+            reason: Some("grant".into()),
+            system: Some("juki".into()),
+            ..Filter::default()
+        },
+    ];
+    let mut out = Vec::new();
+    for f in &filters {
+        for oldest_first in [false, true] {
+            let mut cursor = None;
+            let mut seqs = Vec::new();
+            loop {
+                let page = store.query(f, cursor, oldest_first, 5).unwrap();
+                if page.is_empty() {
+                    break;
+                }
+                cursor = page.last().map(|r| r.cursor());
+                seqs.extend(page.iter().map(|r| r.seq));
+            }
+            out.push(format!("{f:?} oldest_first={oldest_first}: {seqs:?}"));
+        }
+        for by in [SummaryBy::Section, SummaryBy::Decision, SummaryBy::Day] {
+            out.push(format!(
+                "{f:?} by {by:?}: {:?}",
+                store.summarize(f, by).unwrap()
+            ));
+        }
+    }
+    for id in ids {
+        out.push(format!("{id}: {:?}", store.get(id).unwrap().map(|r| r.seq)));
+    }
+    out.push(format!(
+        "{:?}",
+        store.last_seq_before(1_780_000_000_000_050)
+    ));
+    out
+}
+
+/// `n` decision records from `first`, with subjects, sections, reasons and decisions mixed
+/// and the clock stepping back every seventh record.
+fn mixed_records(first: u64, n: u64) -> Vec<Record> {
+    (first..first + n)
+        .map(|i| {
+            let mut r = Record::new(RecordKind::Decision);
+            r.time_us = 1_780_000_000_000_000 + (i as i64 % 7) * 10 + i as i64;
+            r.system = Some(if i % 3 == 0 { "zei" } else { "juki" }.into());
+            r.subject = Some(sekimori::audit::record::SubjectRef {
+                sub: format!("e{}", i % 5),
+                section: Some(format!("s{}", i % 4)),
+                kind: "staff".into(),
+                contract: None,
+            });
+            r.decision = Some(if i % 2 == 0 { "allow" } else { "deny" }.into());
+            r.reason = Some(if i % 2 == 0 { "grant" } else { "no_permission" }.into());
+            r
+        })
+        .collect()
+}
+
+/// The auditors' index is filled in batches behind the log: a query gives the same answer
+/// whether none, some or all of the records are indexed, and sees a record the moment it
+/// is committed.
+#[test]
+fn queries_answer_alike_before_during_and_after_indexing() {
+    use sekimori::audit::store::index_path;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let mut store = Store::open(&path).unwrap();
+    let records = mixed_records(0, 120);
+    let ids: Vec<String> = records.iter().step_by(17).map(|r| r.id.clone()).collect();
+    let head = store.append(store.head().unwrap(), &records).unwrap();
+    assert_eq!(store.index_lag().unwrap(), 120);
+    let unindexed = query_answers(&store, &ids);
+    // Not empty answers: every record is read from the log, and a filter finds its share.
+    let all = |s: &Store| {
+        s.query(&Default::default(), None, true, 1000)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(all(&store), 120);
+    let e3 = sekimori::audit::query::Filter {
+        sub: Some("e3".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.query(&e3, None, true, 1000).unwrap().len(), 24);
+    assert_eq!(store.index_pending(50).unwrap(), 50);
+    assert_eq!(store.index_lag().unwrap(), 70);
+    assert_eq!(query_answers(&store, &ids), unindexed, "half indexed");
+    assert_eq!(store.index_pending(1000).unwrap(), 70);
+    assert_eq!(store.index_pending(1000).unwrap(), 0);
+    assert_eq!(store.indexed_through().unwrap(), 120);
+    assert_eq!(query_answers(&store, &ids), unindexed, "all indexed");
+    // The index is used: a filter on an indexed column names it in the query plan.
+    let plan: Vec<String> = {
+        let mut stmt = store
+            .connection()
+            .prepare("EXPLAIN QUERY PLAN SELECT seq FROM ix.entries WHERE sub = 'e3' ORDER BY time_us DESC LIMIT 5")
+            .unwrap();
+        stmt.query_map([], |r| r.get(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(plan.iter().any(|d| d.contains("entries_sub")), "{plan:?}");
+    // A record committed after the last batch is seen at once, from the log.
+    let more = mixed_records(120, 3);
+    store.append(head, &more).unwrap();
+    let all_ids: Vec<String> = ids.iter().chain([&more[2].id]).cloned().collect();
+    let with_tail = query_answers(&store, &all_ids);
+    assert!(with_tail.last().is_some());
+    assert!(with_tail.iter().any(|a| a.contains("123")), "{with_tail:?}");
+    // Read-only stores (the CLI, the audit API) answer the same, with the index file or
+    // without it.
+    drop(store);
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(query_answers(&ro, &all_ids), with_tail, "read-only");
+    drop(ro);
+    std::fs::remove_file(index_path(&path)).unwrap();
+    let _ = std::fs::remove_file(dir.path().join("log.index.db-wal"));
+    let _ = std::fs::remove_file(dir.path().join("log.index.db-shm"));
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(ro.index_lag().unwrap(), 123);
+    assert_eq!(query_answers(&ro, &all_ids), with_tail, "no index file");
+    // Reopened for writing, the index starts again from the log.
+    drop(ro);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.index_pending(1000).unwrap(), 123);
+    assert_eq!(query_answers(&store, &all_ids), with_tail, "rebuilt");
+}
+
+/// An index that is not this log's (copied from another log, or newer than a log restored
+/// from backup) is never used: read-only stores ignore it, and opening for writing
+/// rebuilds it.
+#[test]
+fn an_index_that_does_not_match_the_log_is_not_used() {
+    use sekimori::audit::store::index_path;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    let records = mixed_records(0, 40);
+    let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    let expected = {
+        let mut store = Store::open(&a).unwrap();
+        store.append(store.head().unwrap(), &records).unwrap();
+        query_answers(&store, &ids)
+    };
+    {
+        // Another log with more records, fully indexed.
+        let mut other = Store::open(&b).unwrap();
+        other
+            .append(other.head().unwrap(), &mixed_records(0, 60))
+            .unwrap();
+        assert_eq!(other.index_pending(1000).unwrap(), 60);
+        other
+            .connection()
+            .execute_batch("PRAGMA ix.wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+    std::fs::copy(index_path(&b), index_path(&a)).unwrap();
+    let ro = Store::open_read_only(&a).unwrap();
+    assert_eq!(
+        query_answers(&ro, &ids),
+        expected,
+        "read-only, foreign index"
+    );
+    drop(ro);
+    let store = Store::open(&a).unwrap();
+    assert_eq!(store.indexed_through().unwrap(), 0, "rebuilt from the log");
+    assert_eq!(store.index_pending(1000).unwrap(), 40);
+    assert_eq!(query_answers(&store, &ids), expected, "after the rebuild");
+}
+
+/// The writer's indexer thread indexes what is committed, without being asked.
+#[tokio::test]
+async fn the_indexer_thread_indexes_committed_records() {
+    use sekimori::audit::writer::{CheckpointPolicy, LogWriter};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let writer = LogWriter::start(&path, None, CheckpointPolicy::default()).unwrap();
+    for chunk in mixed_records(0, 300).chunks(30) {
+        writer.append(chunk.to_vec()).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while writer.stats.indexed_seq.load(Ordering::Relaxed) < 300
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(writer.stats.indexed_seq.load(Ordering::Relaxed), 300);
+    let store = Store::open_read_only(&path).unwrap();
+    assert_eq!(store.indexed_through().unwrap(), 300);
+    assert_eq!(store.index_lag().unwrap(), 0);
 }
