@@ -105,6 +105,68 @@ pub fn index_path(log: &Path) -> PathBuf {
     log.with_extension("index.db")
 }
 
+/// Attaches (creating if needed) the index file beside the log as `ix`, for writing.
+fn attach_index(conn: &Connection, log: &Path) -> Result<(), StoreError> {
+    conn.execute(
+        "ATTACH DATABASE ?1 AS ix",
+        [index_path(log).to_string_lossy()],
+    )?;
+    // The index can be rebuilt from the log: NORMAL durability (a crash may lose the last
+    // batches, which are then indexed again), never a torn file.
+    conn.pragma_update(Some("ix"), "journal_mode", "WAL")?;
+    conn.pragma_update(Some("ix"), "synchronous", "NORMAL")?;
+    conn.pragma_update(Some("ix"), "journal_size_limit", 64 * 1024 * 1024)?;
+    create_index_schema(conn, "ix")
+}
+
+/// Creates the index's tables in `schema` where they are missing. Writes nothing when they
+/// are there, so a store on a read-only filesystem still opens (and then fails to commit,
+/// which the service reports as such).
+fn create_index_schema(conn: &Connection, schema: &str) -> Result<(), StoreError> {
+    conn.execute_batch(&INDEX_SCHEMA.replace("SCHEMA_NAME", schema))?;
+    let rows: i64 = conn.query_row(
+        &format!("SELECT COUNT(*) FROM {schema}.progress"),
+        [],
+        |r| r.get(0),
+    )?;
+    if rows == 0 {
+        conn.execute(
+            &format!("INSERT INTO {schema}.progress (id, through) VALUES (1, 0)"),
+            [],
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether SQLite found a file not to be a database, or a damaged one.
+fn is_damaged(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
+}
+
+/// Deletes the index file and its WAL and shared-memory files.
+fn remove_index_files(log: &Path) -> Result<(), StoreError> {
+    let index = index_path(log);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = index.clone().into_os_string();
+        name.push(suffix);
+        match std::fs::remove_file(&name) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Corrupt(format!(
+                    "cannot remove the damaged index `{}`: {e}",
+                    index.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The last committed record: where the next one chains from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -159,46 +221,20 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        let store = Store::attach_index(conn, path)?;
+        if let Err(e) = attach_index(&conn, path) {
+            if !is_damaged(&e) {
+                return Err(e);
+            }
+            // The index is derived from the log: a damaged one is deleted and rebuilt,
+            // never a reason not to serve.
+            tracing::warn!(error = %e, "the decision log's index is damaged; rebuilding it from the log");
+            let _ = conn.execute_batch("DETACH DATABASE ix");
+            remove_index_files(path)?;
+            attach_index(&conn, path)?;
+        }
+        let store = Store { conn, index: "ix" };
         store.repair_index()?;
         Ok(store)
-    }
-
-    /// Attaches (creating if needed) the index file beside the log, for writing.
-    fn attach_index(conn: Connection, log: &Path) -> Result<Store, StoreError> {
-        conn.execute(
-            "ATTACH DATABASE ?1 AS ix",
-            [index_path(log).to_string_lossy()],
-        )?;
-        // The index can be rebuilt from the log: NORMAL durability (a crash may lose the
-        // last batches, which are then indexed again), never a torn file.
-        conn.pragma_update(Some("ix"), "journal_mode", "WAL")?;
-        conn.pragma_update(Some("ix"), "synchronous", "NORMAL")?;
-        conn.pragma_update(Some("ix"), "journal_size_limit", 64 * 1024 * 1024)?;
-        let store = Store { conn, index: "ix" };
-        store.create_index_schema()?;
-        Ok(store)
-    }
-
-    /// Creates the index's tables where they are missing. Writes nothing when they are
-    /// there, so a store on a read-only filesystem still opens (and then fails to commit,
-    /// which the service reports as such).
-    fn create_index_schema(&self) -> Result<(), StoreError> {
-        let ix = self.index;
-        self.conn
-            .execute_batch(&INDEX_SCHEMA.replace("SCHEMA_NAME", ix))?;
-        let rows: i64 =
-            self.conn
-                .query_row(&format!("SELECT COUNT(*) FROM {ix}.progress"), [], |r| {
-                    r.get(0)
-                })?;
-        if rows == 0 {
-            self.conn.execute(
-                &format!("INSERT INTO {ix}.progress (id, through) VALUES (1, 0)"),
-                [],
-            )?;
-        }
-        Ok(())
     }
 
     /// Whether the index describes this log: its last entry is the log's record of that
@@ -247,7 +283,8 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let store = Store::attach_index(conn, path)?;
+        attach_index(&conn, path)?;
+        let store = Store { conn, index: "ix" };
         // Batches touch many index pages: keep some in memory across batches (16 MiB; more
         // was measurably faster only for stores of millions of records, and counts
         // against the memory target during a reload).
@@ -368,28 +405,35 @@ impl Store {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         let index = index_path(path);
-        if index.exists() {
-            conn.execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()])?;
-            let store = Store { conn, index: "ix" };
-            if store.index_matches_log()? {
-                return Ok(store);
-            }
-            tracing::warn!("the decision log's index does not match the log; not using it");
-            store.conn.execute_batch("DETACH DATABASE ix")?;
-            return Store::without_index(store.conn);
+        if !index.exists() {
+            return Store::without_index(conn);
         }
-        Store::without_index(conn)
+        if let Err(e) = conn.execute("ATTACH DATABASE ?1 AS ix", [index.to_string_lossy()]) {
+            tracing::warn!(error = %e, "the decision log's index cannot be opened; not using it");
+            return Store::without_index(conn);
+        }
+        let store = Store { conn, index: "ix" };
+        match store.index_matches_log() {
+            Ok(true) => return Ok(store),
+            Ok(false) => {
+                tracing::warn!("the decision log's index does not match the log; not using it");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the decision log's index cannot be read; not using it");
+            }
+        }
+        store.conn.execute_batch("DETACH DATABASE ix")?;
+        Store::without_index(store.conn)
     }
 
     /// A read-only store with no usable index: an empty one in `temp`, so every record
     /// is read as not yet indexed (slower, still complete).
     fn without_index(conn: Connection) -> Result<Store, StoreError> {
-        let store = Store {
+        create_index_schema(&conn, "temp")?;
+        Ok(Store {
             conn,
             index: "temp",
-        };
-        store.create_index_schema()?;
-        Ok(store)
+        })
     }
 
     /// Limits the database to `pages` pages (SQLite's `max_page_count`): a full disk, for

@@ -750,10 +750,10 @@ fn queries_answer_alike_before_during_and_after_indexing() {
 }
 
 /// An index that is not this log's (copied from another log, or newer than a log restored
-/// from backup) is never used: read-only stores ignore it, and opening for writing
-/// rebuilds it.
+/// from backup), or is damaged, is never used: read-only stores do without it, and opening
+/// for writing rebuilds it.
 #[test]
-fn an_index_that_does_not_match_the_log_is_not_used() {
+fn an_index_that_is_damaged_or_not_this_logs_is_not_used() {
     use sekimori::audit::store::index_path;
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
@@ -788,6 +788,28 @@ fn an_index_that_does_not_match_the_log_is_not_used() {
     assert_eq!(store.indexed_through().unwrap(), 0, "rebuilt from the log");
     assert_eq!(store.index_pending(1000).unwrap(), 40);
     assert_eq!(query_answers(&store, &ids), expected, "after the rebuild");
+    // A damaged index file (here: not a database at all) is not a reason to stop serving:
+    // read-only stores do without it, opening for writing replaces it.
+    drop(store);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index_path(&a).display()));
+    }
+    std::fs::write(index_path(&a), vec![0x5a; 8192]).unwrap();
+    let ro = Store::open_read_only(&a).unwrap();
+    assert_eq!(
+        query_answers(&ro, &ids),
+        expected,
+        "read-only, damaged index"
+    );
+    drop(ro);
+    let store = Store::open(&a).unwrap();
+    assert_eq!(store.indexed_through().unwrap(), 0, "a new index");
+    assert_eq!(store.index_pending(1000).unwrap(), 40);
+    assert_eq!(
+        query_answers(&store, &ids),
+        expected,
+        "after replacing the damaged index"
+    );
 }
 
 /// The writer's indexer thread indexes what is committed, without being asked.
