@@ -81,12 +81,12 @@ pub fn archive(store: &Store, before_us: i64, out: &Path) -> Result<ArchiveRepor
         if rec.seq > cp.seq {
             return false;
         }
-        let h = chain_hash(&prev, &rec.body);
-        if rec.seq != expected || rec.hash.as_slice() != h.as_slice() {
+        let h = chain_hash(&prev, rec.body);
+        if rec.seq != expected || rec.hash != h.as_slice() {
             broken = true;
             return false;
         }
-        if let Err(e) = w.write_all(&rec.body).and_then(|()| w.write_all(b"\n")) {
+        if let Err(e) = w.write_all(rec.body).and_then(|()| w.write_all(b"\n")) {
             write_err = Some(e);
             return false;
         }

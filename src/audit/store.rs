@@ -174,12 +174,13 @@ pub struct Head {
     pub hash: [u8; 32],
 }
 
-/// A stored row, as verification reads it.
-#[derive(Debug, Clone)]
-pub struct StoredRecord {
+/// A stored row, as verification reads it: borrowed from SQLite's row, so reading the
+/// whole log allocates nothing per record.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredRecord<'a> {
     pub seq: u64,
-    pub body: Vec<u8>,
-    pub hash: Vec<u8>,
+    pub body: &'a [u8],
+    pub hash: &'a [u8],
 }
 
 /// A signed checkpoint of (seq, hash, time).
@@ -552,16 +553,19 @@ impl Store {
     }
 
     /// Calls `f` for every record in sequence order.
-    pub fn for_each(&self, mut f: impl FnMut(StoredRecord) -> bool) -> Result<(), StoreError> {
+    pub fn for_each(&self, mut f: impl FnMut(StoredRecord<'_>) -> bool) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT seq, body, hash FROM records ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
+            let blob = |i: usize| -> Result<&[u8], StoreError> {
+                Ok(row.get_ref(i)?.as_blob().map_err(rusqlite::Error::from)?)
+            };
             let rec = StoredRecord {
                 seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
-                body: row.get(1)?,
-                hash: row.get(2)?,
+                body: blob(1)?,
+                hash: blob(2)?,
             };
             if !f(rec) {
                 break;

@@ -94,8 +94,8 @@ pub fn verify(
             });
             return false;
         }
-        let hash = chain_hash(&prev, &rec.body);
-        if rec.hash.as_slice() != hash.as_slice() {
+        let hash = chain_hash(&prev, rec.body);
+        if rec.hash != hash.as_slice() {
             problem = Some(Problem {
                 seq: rec.seq,
                 what: format!("record {}: its bytes or its place in the chain were changed (hash mismatch)", rec.seq),
@@ -148,6 +148,192 @@ pub fn verify(
         last_hash: last.map(|(_, h)| hex::encode(h)),
         checkpoints: stored_checkpoints,
         checkpoints_signature_checked: public_key.is_some(),
+        problem,
+    })
+}
+
+/// The query columns of a record as its stored bytes give them, in `INDEX_COLUMNS` order
+/// after `seq`.
+#[derive(serde::Deserialize)]
+struct Stated {
+    id: String,
+    time_us: i64,
+    kind: String,
+    system: Option<String>,
+    subject: Option<StatedSubject>,
+    asset: Option<StatedAsset>,
+    action: Option<String>,
+    decision: Option<String>,
+    reason: Option<String>,
+    policy_version: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct StatedSubject {
+    sub: String,
+    section: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct StatedAsset {
+    id: String,
+    tier: Option<String>,
+}
+
+/// The names of the query columns after `seq`, for messages.
+const COLUMN_NAMES: [&str; 12] = [
+    "id",
+    "time_us",
+    "kind",
+    "system",
+    "sub",
+    "section",
+    "asset",
+    "action",
+    "decision",
+    "reason",
+    "tier",
+    "policy_version",
+];
+
+impl Stated {
+    fn columns(self) -> [Option<String>; 12] {
+        let (sub, section) = self
+            .subject
+            .map_or((None, None), |s| (Some(s.sub), s.section));
+        let (asset, tier) = self.asset.map_or((None, None), |a| (Some(a.id), a.tier));
+        [
+            Some(self.id),
+            Some(self.time_us.to_string()),
+            Some(self.kind),
+            self.system,
+            sub,
+            section,
+            asset,
+            self.action,
+            self.decision,
+            self.reason,
+            tier,
+            self.policy_version,
+        ]
+    }
+}
+
+/// What [`verify_columns`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ColumnsReport {
+    pub records: u64,
+    /// Records found in the index (the rest are read from the log by queries).
+    pub indexed: u64,
+    pub problem: Option<Problem>,
+}
+
+/// Checks what the chain does not cover: that every record's query columns — in the log
+/// and in the auditors' index — say what its stored bytes say, and that the index holds
+/// exactly the records up to its `through`. Altered columns could hide a record from a
+/// filtered query; this names the first such record. Run after [`verify`], which vouches
+/// for the bytes.
+pub fn verify_columns(
+    store: &Store,
+    mut progress: impl FnMut(u64),
+) -> Result<ColumnsReport, StoreError> {
+    let ix = store.index_schema();
+    let conn = store.connection();
+    let through: u64 = store.indexed_through()?;
+    let cols = |t: &str| {
+        COLUMN_NAMES
+            .iter()
+            .map(|c| format!("{t}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT r.seq, r.body, {}, e.seq, {} FROM main.records AS r \
+         LEFT JOIN {ix}.entries AS e ON e.seq = r.seq ORDER BY r.seq",
+        cols("r"),
+        cols("e")
+    ))?;
+    let text = |v: rusqlite::types::Value| match v {
+        rusqlite::types::Value::Null => None,
+        rusqlite::types::Value::Integer(i) => Some(i.to_string()),
+        rusqlite::types::Value::Real(f) => Some(f.to_string()),
+        rusqlite::types::Value::Text(s) => Some(s),
+        rusqlite::types::Value::Blob(b) => Some(hex::encode(b)),
+    };
+    let mut rows = stmt.query([])?;
+    let (mut records, mut indexed) = (0u64, 0u64);
+    let mut problem = None;
+    while let Some(row) = rows.next()? {
+        let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+        let body: Vec<u8> = row.get(1)?;
+        let found = |what: String| Some(Problem { seq, what });
+        let Ok(stated) = serde_json::from_slice::<Stated>(&body) else {
+            problem = found(format!("record {seq}: its stored bytes are not a record"));
+            break;
+        };
+        let stated = stated.columns();
+        let in_index = row.get::<_, Option<i64>>(14)?.is_some();
+        for (i, name) in COLUMN_NAMES.iter().enumerate() {
+            let in_log = text(row.get(2 + i)?);
+            if in_log != stated[i] {
+                problem = found(format!(
+                    "record {seq}: the log's `{name}` column says {in_log:?}, its bytes say {:?}",
+                    stated[i]
+                ));
+                break;
+            }
+            if in_index {
+                let in_ix = text(row.get(15 + i)?);
+                if in_ix != stated[i] {
+                    problem = found(format!(
+                        "record {seq}: the index's `{name}` says {in_ix:?}, its bytes say {:?}",
+                        stated[i]
+                    ));
+                    break;
+                }
+            }
+        }
+        if problem.is_some() {
+            break;
+        }
+        if in_index != (seq <= through) {
+            problem = found(if in_index {
+                format!("record {seq}: indexed, but the index says it covers only up to {through}")
+            } else {
+                format!(
+                    "record {seq}: missing from the index, which says it covers up to {through}"
+                )
+            });
+            break;
+        }
+        records += 1;
+        indexed += u64::from(in_index);
+        if records % 100_000 == 0 {
+            progress(records);
+        }
+    }
+    if problem.is_none() {
+        // An entry whose record is not in the log (and was not archived).
+        let stray: Option<i64> = conn.query_row(
+            &format!(
+                "SELECT MIN(seq) FROM {ix}.entries WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM main.anchor) \
+                 AND seq NOT IN (SELECT seq FROM main.records)"
+            ),
+            [],
+            |r| r.get(0),
+        )?;
+        if let Some(seq) = stray {
+            let seq = u64::try_from(seq).unwrap_or(0);
+            problem = Some(Problem {
+                seq,
+                what: format!("the index lists record {seq}, which is not in the log"),
+            });
+        }
+    }
+    progress(records);
+    Ok(ColumnsReport {
+        records,
+        indexed,
         problem,
     })
 }

@@ -834,3 +834,98 @@ async fn the_indexer_thread_indexes_committed_records() {
     assert_eq!(store.indexed_through().unwrap(), 300);
     assert_eq!(store.index_lag().unwrap(), 0);
 }
+
+/// The chain covers a record's bytes, not the columns queries filter on: `verify --index`
+/// checks those (in the log and in the index) against the bytes, so a record hidden from
+/// filtered queries by an altered column is named.
+#[test]
+fn altered_query_columns_and_index_entries_are_named() {
+    use sekimori::audit::verify::verify_columns;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let mut store = Store::open(&path).unwrap();
+    let mut records = mixed_records(0, 60);
+    records[9].asset = Some(sekimori::audit::record::AssetRef {
+        id: "juki-main".into(),
+        tier: Some("secret".into()),
+        ..Default::default()
+    });
+    store.append(store.head().unwrap(), &records).unwrap();
+    assert_eq!(store.index_pending(40).unwrap(), 40);
+    let first_problem = |store: &Store| {
+        let r = verify_columns(store, |_| {}).unwrap();
+        r.problem.map(|p| (p.seq, p.what))
+    };
+    let intact = verify_columns(&store, |_| {}).unwrap();
+    assert!(intact.problem.is_none(), "{:?}", intact.problem);
+    assert_eq!((intact.records, intact.indexed), (60, 40));
+    for (tamper, restore, seq, words) in [
+        (
+            "UPDATE records SET sub = 'e9' WHERE seq = 50",
+            "UPDATE records SET sub = 'e4' WHERE seq = 50",
+            50,
+            "the log's `sub`",
+        ),
+        (
+            "UPDATE ix.entries SET asset = 'other' WHERE seq = 10",
+            "UPDATE ix.entries SET asset = 'juki-main' WHERE seq = 10",
+            10,
+            "the index's `asset`",
+        ),
+        (
+            "UPDATE ix.entries SET tier = NULL WHERE seq = 10",
+            "UPDATE ix.entries SET tier = 'secret' WHERE seq = 10",
+            10,
+            "the index's `tier`",
+        ),
+        (
+            "DELETE FROM ix.entries WHERE seq = 12",
+            "INSERT INTO ix.entries SELECT seq, id, time_us, kind, system, sub, section, asset, action, decision, reason, tier, policy_version FROM records WHERE seq = 12",
+            12,
+            "missing from the index",
+        ),
+        (
+            "INSERT INTO ix.entries (seq, id, time_us, kind) VALUES (99, 'x', 0, 'decision')",
+            "DELETE FROM ix.entries WHERE seq = 99",
+            99,
+            "not in the log",
+        ),
+        (
+            "UPDATE ix.progress SET through = 30",
+            "UPDATE ix.progress SET through = 40",
+            31,
+            "covers only up to 30",
+        ),
+    ] {
+        sql(&store, tamper);
+        let found = first_problem(&store);
+        assert!(
+            found
+                .as_ref()
+                .is_some_and(|(s, what)| *s == seq && what.contains(words)),
+            "{tamper}: {found:?}"
+        );
+        sql(&store, restore);
+        assert_eq!(first_problem(&store), None, "after undoing {tamper}");
+    }
+    // The command line: exit 0 when they match, 4 naming the record when they do not.
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sekimori"))
+            .args(["audit", "verify", "--index", "--db"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let ok = run();
+    let stdout = String::from_utf8_lossy(&ok.stdout).into_owned();
+    assert_eq!(ok.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("40 indexed"), "{stdout}");
+    sql(&store, "UPDATE records SET decision = 'deny' WHERE seq = 3");
+    let bad = run();
+    let stdout = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert_eq!(bad.status.code(), Some(4), "{stdout}");
+    assert!(
+        stdout.contains("first record whose columns differ: 3"),
+        "{stdout}"
+    );
+}
