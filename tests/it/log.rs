@@ -929,3 +929,49 @@ fn altered_query_columns_and_index_entries_are_named() {
         "{stdout}"
     );
 }
+
+/// A log made before the indexes moved to their own file (its table with `id UNIQUE` and
+/// six indexes of its own) opens, loses those indexes, and is indexed and queried like a
+/// new one.
+#[test]
+fn a_log_with_the_former_in_file_indexes_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, time_us INTEGER NOT NULL, \
+             kind TEXT NOT NULL, system TEXT, sub TEXT, section TEXT, asset TEXT, action TEXT, decision TEXT, \
+             reason TEXT, tier TEXT, policy_version TEXT, body BLOB NOT NULL, hash BLOB NOT NULL);
+             CREATE INDEX records_time ON records (time_us);
+             CREATE INDEX records_sub ON records (sub, time_us);
+             CREATE INDEX records_section ON records (section, time_us);
+             CREATE INDEX records_system ON records (system, time_us);
+             CREATE INDEX records_asset ON records (asset, time_us);
+             CREATE INDEX records_reason ON records (reason, time_us);",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    let left: i64 = store
+        .connection()
+        .query_row(
+            "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'index' AND name LIKE 'records_%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(left, 0, "the former indexes are dropped");
+    let records = mixed_records(0, 30);
+    let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    store.append(store.head().unwrap(), &records).unwrap();
+    let before = query_answers(&store, &ids);
+    assert_eq!(store.index_pending(1000).unwrap(), 30);
+    assert_eq!(query_answers(&store, &ids), before);
+    assert!(
+        sekimori::audit::verify::verify_columns(&store, |_| {})
+            .unwrap()
+            .problem
+            .is_none()
+    );
+}
