@@ -6,7 +6,7 @@
 //! (the tail after `through`, read from the log by sequence number). Entries of archived
 //! records — sequence numbers up to the log's anchor — are skipped.
 
-use super::store::{Store, StoreError};
+use super::store::{LIVE, Store, StoreError};
 use rusqlite::types::Value as SqlValue;
 
 /// All fields optional (`None` = any).
@@ -153,9 +153,6 @@ fn to_u64(v: i64) -> u64 {
 
 const ROW_COLUMNS: &str = "seq, id, time_us, kind, body, hash";
 
-/// Entries of records still in the log (archiving removes records, then their entries).
-const LIVE: &str = "seq > (SELECT COALESCE(MAX(seq), 0) FROM main.anchor)";
-
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
         seq: to_u64(r.get(0)?),
@@ -192,6 +189,7 @@ impl Store {
         params.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
         let dir = if oldest_first { "ASC" } else { "DESC" };
         let (ix, n) = (self.index_schema(), params.len());
+        let tail = self.not_indexed();
         // The first page of each part, merged: the index walks `(column, time_us)` from the
         // cursor; the tail is short and read in sequence order. Joining on the id as well
         // keeps an entry from ever returning another record's bytes.
@@ -203,7 +201,7 @@ impl Store {
                  JOIN main.records AS r ON r.seq = e.seq AND r.id = e.id \
                UNION ALL \
                SELECT {ROW_COLUMNS} FROM main.records \
-                 WHERE seq > (SELECT through FROM {ix}.progress) AND {clause}) \
+                 WHERE {tail} AND {clause}) \
              ORDER BY time_us {dir}, seq {dir} LIMIT ?{n}"
         );
         let mut stmt = self.connection().prepare_cached(&sql)?;
@@ -214,12 +212,13 @@ impl Store {
     /// One record by id.
     pub fn get(&self, id: &str) -> Result<Option<Row>, StoreError> {
         let ix = self.index_schema();
+        let tail = self.not_indexed();
         let mut stmt = self.connection().prepare_cached(&format!(
             "SELECT {ROW_COLUMNS} FROM main.records \
                WHERE seq IN (SELECT seq FROM {ix}.entries WHERE id = ?1) AND id = ?1 \
              UNION ALL \
              SELECT {ROW_COLUMNS} FROM main.records \
-               WHERE seq > (SELECT through FROM {ix}.progress) AND id = ?1 \
+               WHERE {tail} AND id = ?1 \
              LIMIT 1"
         ))?;
         let mut rows = stmt.query([id])?;
@@ -232,13 +231,14 @@ impl Store {
     /// The last record recorded before `before_us` (retention's cut), if any.
     pub fn last_seq_before(&self, before_us: i64) -> Result<Option<u64>, StoreError> {
         let ix = self.index_schema();
+        let tail = self.not_indexed();
         let seq: Option<i64> = self.connection().query_row(
             &format!(
                 "SELECT MAX(s) FROM (\
                    SELECT MAX(seq) AS s FROM {ix}.entries WHERE {LIVE} AND time_us < ?1 \
                    UNION ALL \
                    SELECT MAX(seq) FROM main.records \
-                     WHERE seq > (SELECT through FROM {ix}.progress) AND time_us < ?1)"
+                     WHERE {tail} AND time_us < ?1)"
             ),
             [before_us],
             |r| r.get(0),
@@ -251,13 +251,14 @@ impl Store {
         let (clause, params) = where_clause(filter);
         let key = by.expression();
         let ix = self.index_schema();
+        let tail = self.not_indexed();
         let columns = "time_us, section, asset, reason, decision";
         let sql = format!(
             "SELECT {key} AS k, SUM(decision = 'allow'), SUM(decision = 'deny'), COUNT(*) FROM (\
                SELECT {columns} FROM {ix}.entries WHERE {LIVE} AND {clause} \
                UNION ALL \
                SELECT {columns} FROM main.records \
-                 WHERE seq > (SELECT through FROM {ix}.progress) AND {clause}) \
+                 WHERE {tail} AND {clause}) \
              GROUP BY k ORDER BY k"
         );
         let mut stmt = self.connection().prepare(&sql)?;

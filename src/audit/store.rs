@@ -100,6 +100,10 @@ CREATE TABLE IF NOT EXISTS SCHEMA_NAME.progress (
 /// The query columns, in `entries` order (also columns of `records`).
 pub(crate) const INDEX_COLUMNS: &str = "seq, id, time_us, kind, system, sub, section, asset, action, decision, reason, tier, policy_version";
 
+/// Index entries of records still in the log: archiving removes records, then (in the
+/// index's own transaction) their entries; entries left between the two are never read.
+pub(crate) const LIVE: &str = "seq > (SELECT COALESCE(MAX(seq), 0) FROM main.anchor)";
+
 /// The index file beside a log: `decisions.db` → `decisions.index.db`.
 pub fn index_path(log: &Path) -> PathBuf {
     log.with_extension("index.db")
@@ -264,7 +268,7 @@ impl Store {
                 "BEGIN; DELETE FROM ix.entries; UPDATE ix.progress SET through = 0; COMMIT;",
             )?;
         }
-        let archived = "seq <= (SELECT COALESCE(MAX(seq), 0) FROM main.anchor)";
+        let archived = format!("NOT ({LIVE})");
         let left: bool = self.conn.query_row(
             &format!("SELECT EXISTS (SELECT 1 FROM ix.entries WHERE {archived})"),
             [],
@@ -301,11 +305,7 @@ impl Store {
     /// log's WAL, which then grows without bound under unbroken load.
     pub fn index_pending(&self, max: u64) -> Result<u64, StoreError> {
         let ix = self.index;
-        let through: i64 =
-            self.conn
-                .query_row(&format!("SELECT through FROM {ix}.progress"), [], |r| {
-                    r.get(0)
-                })?;
+        let through = i64::try_from(self.indexed_through()?).unwrap_or(i64::MAX);
         let rows: Vec<[rusqlite::types::Value; 13]> = {
             let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT {INDEX_COLUMNS} FROM main.records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
@@ -362,15 +362,21 @@ impl Store {
 
     /// Records committed but not yet indexed.
     pub fn index_lag(&self) -> Result<u64, StoreError> {
-        let ix = self.index;
         let n: i64 = self.conn.query_row(
             &format!(
-                "SELECT COUNT(*) FROM main.records WHERE seq > (SELECT through FROM {ix}.progress)"
+                "SELECT COUNT(*) FROM main.records WHERE {}",
+                self.not_indexed()
             ),
             [],
             |r| r.get(0),
         )?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The SQL condition on `main.records` for the records not yet indexed (the tail
+    /// queries read from the log itself).
+    pub(crate) fn not_indexed(&self) -> String {
+        format!("seq > (SELECT through FROM {}.progress)", self.index)
     }
 
     /// The schema the index is attached as (`ix`, or `temp` for an empty stand-in).

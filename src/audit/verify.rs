@@ -5,7 +5,7 @@
 
 use super::checkpoint::verify_signature;
 use super::record::chain_hash;
-use super::store::{Checkpoint, Store, StoreError};
+use super::store::{Checkpoint, LIVE, Store, StoreError};
 use std::collections::BTreeMap;
 
 /// The first problem found.
@@ -273,23 +273,17 @@ pub fn verify_columns(
         };
         let stated = stated.columns();
         let in_index = row.get::<_, Option<i64>>(14)?.is_some();
-        for (i, name) in COLUMN_NAMES.iter().enumerate() {
-            let in_log = text(row.get(2 + i)?);
-            if in_log != stated[i] {
-                problem = found(format!(
-                    "record {seq}: the log's `{name}` column says {in_log:?}, its bytes say {:?}",
-                    stated[i]
-                ));
-                break;
-            }
-            if in_index {
-                let in_ix = text(row.get(15 + i)?);
-                if in_ix != stated[i] {
+        // The log's columns start at 2, the index's (when the record is indexed) at 15.
+        let places = [("the log's", 2, true), ("the index's", 15, in_index)];
+        'columns: for (i, name) in COLUMN_NAMES.iter().enumerate() {
+            for (place, first, _) in places.iter().filter(|(_, _, present)| *present) {
+                let value = text(row.get(first + i)?);
+                if value != stated[i] {
                     problem = found(format!(
-                        "record {seq}: the index's `{name}` says {in_ix:?}, its bytes say {:?}",
+                        "record {seq}: {place} `{name}` column says {value:?}, its bytes say {:?}",
                         stated[i]
                     ));
-                    break;
+                    break 'columns;
                 }
             }
         }
@@ -316,7 +310,7 @@ pub fn verify_columns(
         // An entry whose record is not in the log (and was not archived).
         let stray: Option<i64> = conn.query_row(
             &format!(
-                "SELECT MIN(seq) FROM {ix}.entries WHERE seq > (SELECT COALESCE(MAX(seq), 0) FROM main.anchor) \
+                "SELECT MIN(seq) FROM {ix}.entries WHERE {LIVE} \
                  AND seq NOT IN (SELECT seq FROM main.records)"
             ),
             [],

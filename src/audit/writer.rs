@@ -14,6 +14,7 @@ use super::store::{Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -256,30 +257,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// (`cargo bench --bench log_append`). Under unbroken load a checkpoint running beside the
 /// writer never finds the WAL fully copied, so SQLite could not restart it; the writer's own
 /// checkpoint at [`super::store::WRITER_CHECKPOINT_PAGES`] copies the last frames and
-/// bounds the WAL. Stops when the returned sender is dropped.
-fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+/// bounds the WAL. A failed checkpoint loses nothing: the frames stay in the WAL.
+fn start_checkpointer(path: &Path) -> Result<Sender<()>, StoreError> {
     let store = Store::open_for_checkpoints(path)?;
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::Builder::new()
-        .name(String::from("sekimori-log-checkpointer"))
-        .spawn(move || {
-            let mut failing = false;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(CHECKPOINT_EVERY)
-            {
-                // A failed checkpoint loses nothing (the frames stay in the WAL); say so once.
-                match store.checkpoint() {
-                    Ok(_) => failing = false,
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %e, "decision log checkpoint failed; retrying");
-                    }
-                    Err(_) => {}
-                }
-            }
-        })
-        .map_err(|e| StoreError::Corrupt(format!("cannot start the log checkpointer: {e}")))?;
-    Ok(stop)
+    start_background("checkpointer", CHECKPOINT_EVERY, move |_| {
+        store.checkpoint().map(|_| ())
+    })
 }
 
 /// How often the indexer looks for records to index.
@@ -290,50 +273,50 @@ pub const INDEX_BATCH: u64 = 50_000;
 
 /// Starts the indexer thread: it copies the query columns of newly committed records into
 /// the index file in large batches (see `store`), off the writer's thread and outside its
-/// commits. Failures lose nothing — the records stay in the log, queries read them there —
-/// and are retried. Stops when the returned sender is dropped.
-fn start_indexer(
-    path: &Path,
-    stats: Arc<WriterStats>,
-) -> Result<std::sync::mpsc::Sender<()>, StoreError> {
+/// commits. A failure loses nothing: the records stay in the log, queries read them there.
+fn start_indexer(path: &Path, stats: Arc<WriterStats>) -> Result<Sender<()>, StoreError> {
     let store = Store::open_for_indexing(path)?;
+    start_background("indexer", INDEX_EVERY, move |stopped| {
+        loop {
+            let n = store.index_pending(INDEX_BATCH)?;
+            let through = store.indexed_through()?;
+            stats.indexed_seq.store(through, Ordering::Relaxed);
+            let head = stats.head_seq.load(Ordering::Relaxed);
+            crate::metrics::log_index_lag(head.saturating_sub(through));
+            // Caught up, or asked to stop: wait for the next round.
+            if n < INDEX_BATCH || !matches!(stopped.try_recv(), Err(TryRecvError::Empty)) {
+                return Ok(());
+            }
+        }
+    })
+}
+
+/// Starts the log's background thread `sekimori-log-<name>`, which runs `round` every
+/// `every` until the returned sender is dropped (the writer's thread holds it). A round
+/// that fails is retried at the next one and reported once until one succeeds again.
+fn start_background(
+    name: &str,
+    every: Duration,
+    mut round: impl FnMut(&Receiver<()>) -> Result<(), StoreError> + Send + 'static,
+) -> Result<Sender<()>, StoreError> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let what = name.to_string();
     std::thread::Builder::new()
-        .name(String::from("sekimori-log-indexer"))
+        .name(format!("sekimori-log-{name}"))
         .spawn(move || {
             let mut failing = false;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(INDEX_EVERY)
-            {
-                loop {
-                    match store.index_pending(INDEX_BATCH) {
-                        Ok(n) => {
-                            failing = false;
-                            if let Ok(through) = store.indexed_through() {
-                                stats.indexed_seq.store(through, Ordering::Relaxed);
-                                let head = stats.head_seq.load(Ordering::Relaxed);
-                                crate::metrics::log_index_lag(head.saturating_sub(through));
-                            }
-                            // Caught up, or asked to stop: wait for the next round.
-                            if n < INDEX_BATCH || !matches!(
-                                stopped.try_recv(),
-                                Err(std::sync::mpsc::TryRecvError::Empty)
-                            ) {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            if !failing {
-                                failing = true;
-                                tracing::warn!(error = %e, "decision log indexing failed; retrying");
-                            }
-                            break;
-                        }
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                match round(&stopped) {
+                    Ok(()) => failing = false,
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "decision log {what} failed; retrying");
                     }
+                    Err(_) => {}
                 }
             }
         })
-        .map_err(|e| StoreError::Corrupt(format!("cannot start the log indexer: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("cannot start the log {name}: {e}")))?;
     Ok(stop)
 }
 
