@@ -28,7 +28,7 @@ use std::borrow::Cow;
 /// `mfa`, `device`, `glass`, `mn` and `i2` are booleans, the rest strings.
 pub const MODEL_CONF: &str = r##"# sekimori decision model (generated; see docs/policy-format.md)
 [request_definition]
-r = sub, section, contract, purpose, actp, glass, mfa, i2, mn, tier, device, kind, act, sys, cls, obj
+r = contract, actp, mfa, secret, glass, device, public, sys, cls, sub, section, mn, contractor, act, obj
 
 [policy_definition]
 p = eft
@@ -42,15 +42,28 @@ e = some(where (p.eft == allow))
 [matchers]
 # No deny rule applies (SPEC §6, in order: holder and class — an asset not in the register
 # has neither —, lockdown, contract, device, My Number, contractor output), and an allow
-# rule does (public, owner section, grants by person, section or contract — with purpose
-# for My Number assets —, emergency responders).
-m = (g(r.sys, r.cls, r.obj) || g(r.sys, "locked", r.obj) && g("@", r.cls, r.obj) && g(r.sub, "exempt:" + r.sys, r.obj)) && !(r.kind == "contractor" && (!g(r.contract, "contract", r.obj) || r.tier == "secret" && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit"))) && (r.device || r.tier == "public") && !(r.mn && (!r.mfa || r.purpose == "" || r.act == "copy" || r.act == "export" || r.act == "transmit")) && (r.tier == "public" && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || r.kind == "staff" && (!r.mn && r.tier != "secret" && (r.act == "read" || r.act == "print" || r.act == "copy" || (r.act == "create" || r.act == "update") && !r.i2) && g(r.section, "owner", r.obj) || !r.mn && (g(r.sub, r.act, r.obj) || g(r.section, r.act, r.obj)) || r.mn && (g(r.sub, r.actp, r.obj) || g(r.section, r.actp, r.obj)) || r.glass && r.act == "read" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj))) || r.kind == "contractor" && (!r.mn && (g(r.sub, r.act, r.obj) || g(r.contract, r.act, r.obj)) || r.mn && (g(r.sub, r.actp, r.obj) || g(r.contract, r.actp, r.obj))))
+# rule does (public; the owner section's rights and grants by section, person or contract,
+# with purpose for My Number assets; emergency responders).
+m = (g(r.sys, r.cls, r.obj) || g(r.sys, "locked", r.obj) && g("@", r.cls, r.obj) && g(r.sub, "exempt:" + r.sys, r.obj)) && !(r.contractor && (!g(r.contract, "contract", r.obj) || r.secret && (r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit"))) && (r.device || r.public) && !(r.mn && (!r.mfa || r.actp == "" || r.act == "copy" || r.act == "export" || r.act == "transmit")) && (r.public && (r.act == "read" || r.act == "print" || r.act == "copy" || r.act == "export" || r.act == "transmit") || !r.contractor && (!r.mn && (g(r.section, r.act, r.obj) || g(r.sub, r.act, r.obj)) || r.mn && (g(r.section, r.actp, r.obj) || g(r.sub, r.actp, r.obj)) || r.glass && r.act == "read" && (g(r.sub, "responder", r.obj) || g(r.section, "responder", r.obj))) || r.contractor && (!r.mn && (g(r.contract, r.act, r.obj) || g(r.sub, r.act, r.obj)) || r.mn && (g(r.contract, r.actp, r.obj) || g(r.sub, r.actp, r.obj))))
 "##;
 
 /// The request fields, in `r` order (for `policy explain`).
-pub const REQUEST_FIELDS: [&str; 16] = [
-    "sub", "section", "contract", "purpose", "actp", "glass", "mfa", "i2", "mn", "tier", "device",
-    "kind", "act", "sys", "cls", "obj",
+pub const REQUEST_FIELDS: [&str; 15] = [
+    "contract",
+    "actp",
+    "mfa",
+    "secret",
+    "glass",
+    "device",
+    "public",
+    "sys",
+    "cls",
+    "sub",
+    "section",
+    "mn",
+    "contractor",
+    "act",
+    "obj",
 ];
 
 /// The one `p` row.
@@ -59,7 +72,12 @@ pub const P_ROWS: [[&str; 1]; 1] = [["allow"]];
 /// The class fact of an asset: its tier, and whether it holds My Number data and has
 /// integrity level 2 — everything the matcher reads about the asset.
 pub fn class(a: &AssetFacts) -> &'static str {
-    class_of(a.tier, a.my_number, a.integrity_2())
+    class_of(a.tier, a.my_number, a.integrity_2)
+}
+
+/// The position of an asset's class in [`all_classes`].
+pub fn class_position(a: &AssetFacts) -> usize {
+    a.tier as usize * 4 + usize::from(a.my_number) * 2 + usize::from(a.integrity_2)
 }
 
 fn class_of(tier: Tier, my_number: bool, integrity_2: bool) -> &'static str {
@@ -162,7 +180,9 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
         let class = class(a);
         emit("g", &["@", class, dom], here);
         let owner = format!("s:{}", a.owner);
-        emit("g", &[&owner, "owner", dom], here);
+        for action in Action::ALL.into_iter().filter(|x| owner_may(a, *x)) {
+            emit("g", &[&owner, action.as_str(), dom], here);
+        }
         // A holder under lockdown gets a `locked` link instead (see `lockdown_rows`).
         for h in a.holders.iter().filter(|h| !locked(facts, ai32, h)) {
             emit("g", &[&format!("y:{h}"), class, dom], here);
@@ -176,6 +196,19 @@ pub fn for_each_row(facts: &Facts, emit: &mut dyn FnMut(&str, &[&str], Origin)) 
         lockdown_rows(facts, ai32, emit);
         emergency_rows(facts, ai32, emit);
     }
+}
+
+/// The owner section's rights (SPEC §6, `owner_section`): staff of the owning section may
+/// read, print and copy an asset that is neither secret nor My Number data, and create and
+/// update it unless its integrity is level 2. They are links like a section's grants, so
+/// one lookup answers both.
+fn owner_may(a: &AssetFacts, action: Action) -> bool {
+    let rights = match action {
+        Action::Read | Action::Print | Action::Copy => true,
+        Action::Create | Action::Update => !a.integrity_2,
+        Action::Delete | Action::Export | Action::Transmit => false,
+    };
+    rights && !a.my_number && a.tier != Tier::Secret
 }
 
 fn locked(facts: &Facts, ai: u32, system: &str) -> bool {
@@ -216,6 +249,10 @@ fn grant_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Origin
                         }
                     }
                 } else if let Some(e) = entries.iter().find(|e| e.actions & action.bit() != 0) {
+                    // The owner section already holds this link by its rights.
+                    if prefix == "s:" && name.as_str() == a.owner && owner_may(a, action) {
+                        continue;
+                    }
                     emit("g", &[&node, action.as_str(), dom], Origin::Grant(e.order));
                 }
             }
@@ -265,7 +302,7 @@ fn emergency_rows(facts: &Facts, ai: u32, emit: &mut dyn FnMut(&str, &[&str], Or
     let Some(a) = facts.assets.get(ai as usize) else {
         return;
     };
-    if !a.availability_2() {
+    if !a.availability_2 {
         return;
     }
     let mut users: Vec<(&String, usize)> = Vec::new();
@@ -341,7 +378,6 @@ mod tests {
         for fact in [
             "class:public",
             "class:secret+my_number+integrity2",
-            "owner",
             "contract",
             "locked",
             "exempt:y:juki",

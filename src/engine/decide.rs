@@ -4,7 +4,7 @@
 //! and the obligations; Casbin decides allow or deny over the policy rows. The snapshot
 //! allows only when both agree (`Snapshot::decide`).
 
-use super::facts::{Facts, Principals};
+use super::facts::{Facts, Name, Principals};
 use crate::policy::model::{Action, Tier};
 use crate::policy::source::Location;
 use serde::Serialize;
@@ -280,7 +280,7 @@ impl Reason {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Obligation {
     Encrypt,
-    Label { text: String },
+    Label { text: Name },
     Watermark,
     Backup,
     PostReview,
@@ -309,12 +309,12 @@ pub struct RuleRef {
 /// The asset's levels at decision time (for the record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AssetLevels {
-    pub confidentiality: String,
-    pub integrity: String,
-    pub availability: String,
+    pub confidentiality: Name,
+    pub integrity: Name,
+    pub availability: Name,
     pub tier: Tier,
     pub my_number: bool,
-    pub owner: String,
+    pub owner: Name,
 }
 
 /// The whole answer to a request.
@@ -322,11 +322,11 @@ pub struct AssetLevels {
 pub struct Decision {
     pub allow: bool,
     pub reason: Reason,
-    pub message_ja: String,
-    pub message_en: String,
+    pub message_ja: &'static str,
+    pub message_en: &'static str,
     pub rule: Option<RuleRef>,
     pub obligations: Vec<Obligation>,
-    pub label: Option<String>,
+    pub label: Option<Name>,
     pub asset: Option<AssetLevels>,
     pub policy_version: Arc<str>,
 }
@@ -423,7 +423,7 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
         && !asset.my_number
         && asset.tier != Tier::Secret
         && (matches!(act, Action::Read | Action::Print | Action::Copy)
-            || (matches!(act, Action::Create | Action::Update) && !asset.integrity_2()));
+            || (matches!(act, Action::Create | Action::Update) && !asset.integrity_2));
     if step(Reason::OwnerSection, owner) {
         return plain(Reason::OwnerSection);
     }
@@ -454,7 +454,7 @@ pub fn explain(facts: &Facts, req: &Request, mut trace: Option<&mut Vec<TraceSte
         };
     }
     let emergency = if req.env.break_glass()
-        && asset.availability_2()
+        && asset.availability_2
         && s.kind == SubjectKind::Staff
         && act == Action::Read
     {
@@ -500,7 +500,7 @@ pub fn obligations(
     if asset.tier == Tier::Secret && action == Action::Print {
         out.push(Obligation::Watermark);
     }
-    if asset.integrity_2() && matches!(action, Action::Update | Action::Delete) {
+    if asset.integrity_2 && matches!(action, Action::Update | Action::Delete) {
         out.push(Obligation::Backup);
     }
     if reason == Reason::BreakGlass {

@@ -6,6 +6,7 @@
 //! and the obligations. Only grants, contracts, emergencies and lockdowns in force at `at`
 //! are kept; `next_change` says when that set changes next.
 
+use super::decide::AssetLevels;
 use super::role_manager::DomainIndex;
 use crate::policy::index::Index;
 use crate::policy::model::{Action, EmergencyScope, RuntimeState, Tier};
@@ -26,23 +27,16 @@ pub struct AssetFacts {
     pub name: Option<String>,
     pub owner: String,
     pub holders: Vec<String>,
-    /// The literal confidentiality level, e.g. `3B`.
-    pub confidentiality: String,
-    pub integrity: String,
-    pub availability: String,
     pub tier: Tier,
     pub my_number: bool,
+    /// Integrity level 2 (updates need a backup, owners may not create or update).
+    pub integrity_2: bool,
+    /// Availability level 2 (emergency responders may read).
+    pub availability_2: bool,
     /// `機密性` + the literal level.
-    pub label: String,
-}
-
-impl AssetFacts {
-    pub fn integrity_2(&self) -> bool {
-        self.integrity == "2"
-    }
-    pub fn availability_2(&self) -> bool {
-        self.availability == "2"
-    }
+    pub label: Name,
+    /// The literal levels as decisions report them.
+    pub levels: AssetLevels,
 }
 
 /// Where a rule came from, for decisions and for the exported policy's comments.
@@ -177,12 +171,19 @@ impl Facts {
                 name: a.name.clone(),
                 owner: a.owner.value.clone(),
                 holders: a.systems.iter().map(|s| s.value.clone()).collect(),
-                confidentiality: a.confidentiality.value.clone(),
-                integrity: a.integrity.value.clone(),
-                availability: a.availability.value.clone(),
                 tier,
                 my_number: a.my_number.value,
-                label: format!("機密性{}", a.confidentiality.value),
+                integrity_2: a.integrity.value == "2",
+                availability_2: a.availability.value == "2",
+                label: format!("機密性{}", a.confidentiality.value).into(),
+                levels: AssetLevels {
+                    confidentiality: a.confidentiality.value.as_str().into(),
+                    integrity: a.integrity.value.as_str().into(),
+                    availability: a.availability.value.as_str().into(),
+                    tier,
+                    my_number: a.my_number.value,
+                    owner: a.owner.value.as_str().into(),
+                },
             });
             facts.grants.push(AssetGrants::default());
         }

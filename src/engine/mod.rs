@@ -17,11 +17,11 @@ pub mod role_manager;
 
 use crate::policy::Loaded;
 use crate::policy::index::Index;
-use crate::policy::model::RuntimeState;
+use crate::policy::model::{RuntimeState, Tier};
 use crate::time::Instant;
 use casbin::rhai::{Dynamic, ImmutableString};
 use casbin::{CoreApi, DefaultModel, Enforcer, MemoryAdapter};
-use casbin_model::{MODEL_CONF, Origin, REQUEST_FIELDS, class, csv_line, encode, for_each_row};
+use casbin_model::{MODEL_CONF, Origin, REQUEST_FIELDS, csv_line, encode, for_each_row};
 pub use decide::{Decision, Env, Reason, Request, Subject, SubjectKind};
 use decide::{TraceStep, Verdict};
 use facts::{AssetFacts, Facts};
@@ -96,27 +96,26 @@ impl serde::Serialize for CasbinRequest {
     }
 }
 
-/// The fixed strings of a request (kinds, actions, tiers, classes), made once: a request
-/// shares them instead of allocating its own.
-fn constant(text: &'static str) -> Dynamic {
-    static CONSTANTS: std::sync::LazyLock<facts::FastMap<&'static str, ImmutableString>> =
-        std::sync::LazyLock::new(|| {
-            let kinds = [SubjectKind::Staff, SubjectKind::Contractor].map(SubjectKind::as_str);
-            let actions = crate::policy::model::Action::ALL.map(|a| a.as_str());
-            let classes = casbin_model::all_classes();
-            kinds
-                .into_iter()
-                .chain(actions)
-                .chain(["", "public", "internal", "secret"])
-                .chain(classes)
-                .map(|t| (t, ImmutableString::from(t)))
-                .collect()
-        });
-    CONSTANTS.get(text).map_or_else(
-        || Dynamic::from(ImmutableString::from(text)),
-        |s| Dynamic::from(s.clone()),
-    )
+/// The fixed strings of a request (actions, classes), made once and found by position: a
+/// request shares them instead of allocating or looking up its own.
+struct Constants {
+    empty: ImmutableString,
+    /// `s:`, `c:`: the name of no section, no contract.
+    no_section: ImmutableString,
+    no_contract: ImmutableString,
+    actions: [ImmutableString; 8],
+    classes: Vec<ImmutableString>,
 }
+
+static CONSTANTS: std::sync::LazyLock<Constants> = std::sync::LazyLock::new(|| Constants {
+    empty: ImmutableString::new(),
+    no_section: ImmutableString::from("s:"),
+    no_contract: ImmutableString::from("c:"),
+    actions: crate::policy::model::Action::ALL.map(|a| ImmutableString::from(a.as_str())),
+    classes: casbin_model::all_classes()
+        .map(ImmutableString::from)
+        .collect(),
+});
 
 impl Snapshot {
     /// The Casbin request of `req`. The asset's levels and class come from the register
@@ -128,6 +127,7 @@ impl Snapshot {
     /// [`Snapshot::casbin_request`] with the asset already looked up.
     fn casbin_request_about(&self, req: &Request, asset: Option<&AssetFacts>) -> CasbinRequest {
         let s = &req.subject;
+        let constants = &*CONSTANTS;
         let text = |v: &str| Dynamic::from(ImmutableString::from(v));
         let prefixed = |prefix: &str, v: &str| {
             let mut t = String::with_capacity(prefix.len() + v.len());
@@ -135,31 +135,42 @@ impl Snapshot {
             t.push_str(&encode(v));
             Dynamic::from(ImmutableString::from(t))
         };
+        let flag = Dynamic::from_bool;
+        let act = req.action;
+        let tier = asset.map(|a| a.tier);
+        let my_number = asset.is_some_and(|a| a.my_number);
         // Names carry the prefixes of their kind (see `casbin_model`), so the matcher needs
-        // no string concatenation per call.
-        let purpose = encode(req.env.purpose().unwrap_or(""));
-        // Only My Number assets have links keyed by action and purpose.
-        let actp = if purpose.is_empty() || !asset.is_some_and(|a| a.my_number) {
-            constant("")
-        } else {
-            text(&format!("{}/{purpose}", req.action.as_str()))
+        // no string concatenation per call. Only My Number assets have links keyed by
+        // action and purpose; for them an empty `actp` means no purpose was given.
+        let actp = match req.env.purpose() {
+            Some(purpose) if my_number => text(&format!("{}/{}", act.as_str(), encode(purpose))),
+            _ => Dynamic::from(constants.empty.clone()),
         };
+        let class = asset.map_or_else(
+            || constants.empty.clone(),
+            |a| constants.classes[casbin_model::class_position(a)].clone(),
+        );
         CasbinRequest(vec![
-            prefixed("u:", &s.sub),
-            prefixed("s:", s.section.as_deref().unwrap_or("")),
-            prefixed("c:", s.contract.as_deref().unwrap_or("")),
-            text(&purpose),
+            s.contract.as_deref().map_or_else(
+                || Dynamic::from(constants.no_contract.clone()),
+                |v| prefixed("c:", v),
+            ),
             actp,
-            Dynamic::from(req.env.break_glass()),
-            Dynamic::from(s.mfa),
-            Dynamic::from(asset.is_some_and(|a| a.integrity_2())),
-            Dynamic::from(asset.is_some_and(|a| a.my_number)),
-            constant(asset.map_or("", |a| a.tier.as_str())),
-            Dynamic::from(req.env.device_issued),
-            constant(s.kind.as_str()),
-            constant(req.action.as_str()),
+            flag(s.mfa),
+            flag(tier == Some(Tier::Secret)),
+            flag(req.env.break_glass()),
+            flag(req.env.device_issued),
+            flag(tier == Some(Tier::Public)),
             prefixed("y:", &req.system),
-            constant(asset.map_or("", class)),
+            Dynamic::from(class),
+            prefixed("u:", &s.sub),
+            s.section.as_deref().map_or_else(
+                || Dynamic::from(constants.no_section.clone()),
+                |v| prefixed("s:", v),
+            ),
+            flag(my_number),
+            flag(s.kind == SubjectKind::Contractor),
+            Dynamic::from(constants.actions[act as usize].clone()),
             text(&req.asset),
         ])
     }
@@ -311,22 +322,15 @@ impl Snapshot {
         Decision {
             allow,
             reason,
-            message_ja: ja.to_string(),
-            message_en: en.to_string(),
+            message_ja: ja,
+            message_en: en,
             rule,
             obligations: match (allow, asset) {
                 (true, Some(a)) => decide::obligations(a, req.action, reason),
                 _ => Vec::new(),
             },
             label: asset.map(|a| a.label.clone()),
-            asset: asset.map(|a| decide::AssetLevels {
-                confidentiality: a.confidentiality.clone(),
-                integrity: a.integrity.clone(),
-                availability: a.availability.clone(),
-                tier: a.tier,
-                my_number: a.my_number,
-                owner: a.owner.clone(),
-            }),
+            asset: asset.map(|a| a.levels.clone()),
             policy_version: self.version.clone(),
         }
     }
@@ -425,6 +429,7 @@ impl<'a> CsvWriter<'a> {
 mod tests {
     use super::*;
     use crate::policy::model::Action;
+    use casbin_model::class;
 
     fn sample() -> Snapshot {
         let at = crate::time::parse_policy_time("2026-06-01T12:00:00+09:00").expect("time");
@@ -469,10 +474,7 @@ mod tests {
                 .iter()
                 .position(|f| *f == "cls")
                 .expect("cls");
-            let tier = REQUEST_FIELDS
-                .iter()
-                .position(|f| *f == "tier")
-                .expect("tier");
+            let field = |name: &str| REQUEST_FIELDS.iter().position(|f| *f == name).expect(name);
             for other in casbin_model::all_classes().filter(|c| *c != class(asset)) {
                 let mut forged = honest.clone();
                 forged.0[cls] = Dynamic::from(ImmutableString::from(other));
@@ -487,7 +489,9 @@ mod tests {
             // public tier with the asset's real class still needs the real class link, and
             // the holder link of another asset's class is absent.
             let mut forged = honest.clone();
-            forged.0[tier] = Dynamic::from(ImmutableString::from("public"));
+            forged.0[field("public")] = Dynamic::from(true);
+            forged.0[field("secret")] = Dynamic::from(false);
+            forged.0[field("mn")] = Dynamic::from(false);
             forged.0[cls] = Dynamic::from(ImmutableString::from("class:public"));
             if class(asset) != "class:public" {
                 assert_eq!(snap.casbin_allows(forged), Some(false), "{}", asset.id);
@@ -496,6 +500,67 @@ mod tests {
         assert!(
             allowed > 5,
             "only {allowed} owner reads allowed in the sample"
+        );
+    }
+
+    /// The owner section's rights are compiled into links (`s:OWNER, ACTION, ASSET`): for
+    /// every asset and action, Casbin allows staff of the owner section exactly when the
+    /// explainer does, and only the rights SPEC §6 gives them come from ownership.
+    #[test]
+    fn owner_rights_are_links_that_agree_with_the_explainer() {
+        let snap = sample();
+        let mut by_ownership = 0;
+        for asset in &snap.facts().assets {
+            let Some(system) = asset.holders.first() else {
+                continue;
+            };
+            for action in Action::ALL {
+                let req = Request {
+                    system: system.clone(),
+                    subject: Subject::new(
+                        "nobody-named",
+                        Some(&asset.owner),
+                        SubjectKind::Staff,
+                        None,
+                        &["pwd".into(), "otp".into()],
+                    ),
+                    asset: asset.id.clone(),
+                    action,
+                    env: Env {
+                        device_issued: true,
+                        purpose: Some("test".into()),
+                        break_glass_reason: None,
+                    },
+                };
+                let e = snap.explain(&req);
+                assert_eq!(
+                    e.casbin_allow,
+                    Some(e.decision.allow),
+                    "{} {action:?}: {:?}",
+                    asset.id,
+                    e.decision.reason
+                );
+                if e.decision.reason == Reason::OwnerSection {
+                    by_ownership += 1;
+                    assert!(!asset.my_number && asset.tier != crate::policy::model::Tier::Secret);
+                    assert!(matches!(
+                        action,
+                        Action::Read
+                            | Action::Print
+                            | Action::Copy
+                            | Action::Create
+                            | Action::Update
+                    ));
+                    if matches!(action, Action::Create | Action::Update) {
+                        assert!(!asset.integrity_2, "{}", asset.id);
+                    }
+                }
+            }
+        }
+        assert_eq!(snap.disagreements(), 0);
+        assert!(
+            by_ownership > 20,
+            "only {by_ownership} allowed by ownership"
         );
     }
 }

@@ -26,8 +26,18 @@ pub type Name = smartstring::alias::String;
 /// Domain (asset id) → position, shared with the facts.
 pub type DomainIndex = FastMap<Name, u32>;
 
-/// One domain's links: name → the names it links to directly (almost always one, inline).
-type DomainLinks = FastMap<Name, smallvec::SmallVec<[Name; 1]>>;
+/// One domain's links, `(name, target)` pairs side by side in one allocation (a city's
+/// domain has 8 links at the median, 60 at most): the `g()` calls of a decision scan the
+/// same few cache lines instead of probing a hash table once each.
+type DomainLinks = Vec<(Name, Name)>;
+
+/// The names `name` links to directly in `links`.
+fn targets<'a>(links: &'a DomainLinks, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    links
+        .iter()
+        .filter(move |(n, _)| n.as_str() == name)
+        .map(|(_, t)| t.as_str())
+}
 
 #[derive(Debug, Default)]
 pub struct IndexedRoleManager {
@@ -80,17 +90,10 @@ impl IndexedRoleManager {
             return false;
         }
         let links = self.domain_mut(domain);
-        // Look up before allocating a key: most rows land on an existing name.
-        if !links.contains_key(name) {
-            links.insert(Name::from(name), smallvec::SmallVec::new());
-        }
-        let Some(targets) = links.get_mut(name) else {
-            return false;
-        };
-        if targets.iter().any(|t| t == fact) {
+        if links.iter().any(|(n, t)| n == name && t == fact) {
             return false;
         }
-        targets.push(Name::from(fact));
+        links.push((Name::from(name), Name::from(fact)));
         true
     }
 }
@@ -119,12 +122,8 @@ impl RoleManager for IndexedRoleManager {
         name2: &str,
         domain: Option<&str>,
     ) -> casbin::Result<()> {
-        if let Some(targets) = self
-            .domain_mut(domain.unwrap_or(DEFAULT_DOMAIN))
-            .get_mut(name1)
-        {
-            targets.retain(|t| t != name2);
-        }
+        self.domain_mut(domain.unwrap_or(DEFAULT_DOMAIN))
+            .retain(|(n, t)| !(n == name1 && t == name2));
         Ok(())
     }
 
@@ -139,31 +138,29 @@ impl RoleManager for IndexedRoleManager {
         if self.max_depth < 2 {
             return false;
         }
-        let Some(first) = graph.get(name1) else {
-            return false;
-        };
         // Level 1 answers sekimori's links; deeper levels keep casbin's semantics.
-        if first.iter().any(|t| &**t == name2) {
+        if graph.iter().any(|(n, t)| n == name1 && t == name2) {
             return true;
         }
         // sekimori's links never chain (their targets are facts, not names): answer without
         // allocating the search below when no target links further.
-        if !first.iter().any(|t| graph.contains_key(t)) {
+        let links_further = |t: &str| graph.iter().any(|(n, _)| n == t);
+        if !targets(graph, name1).any(links_further) {
             return false;
         }
-        let mut frontier: Vec<&str> = first.iter().map(|t| &**t).collect();
+        let mut frontier: Vec<&str> = targets(graph, name1).collect();
         let mut seen: Vec<&str> = vec![name1];
         seen.extend(frontier.iter().copied());
         for _ in 2..self.max_depth {
             let mut next = Vec::new();
             for n in frontier {
-                for t in graph.get(n).into_iter().flatten() {
-                    if &**t == name2 {
+                for t in targets(graph, n) {
+                    if t == name2 {
                         return true;
                     }
-                    if !seen.contains(&&**t) {
+                    if !seen.contains(&t) {
                         seen.push(t);
-                        next.push(&**t);
+                        next.push(t);
                     }
                 }
             }
@@ -177,18 +174,20 @@ impl RoleManager for IndexedRoleManager {
 
     fn get_roles(&self, name: &str, domain: Option<&str>) -> Vec<String> {
         self.domain(domain.unwrap_or(DEFAULT_DOMAIN))
-            .and_then(|g| g.get(name))
-            .map(|t| t.iter().map(|s| s.to_string()).collect())
+            .map(|g| targets(g, name).map(str::to_string).collect())
             .unwrap_or_default()
     }
 
     fn get_users(&self, name: &str, domain: Option<&str>) -> Vec<String> {
         self.domain(domain.unwrap_or(DEFAULT_DOMAIN))
             .map(|g| {
-                g.iter()
-                    .filter(|(_, t)| t.iter().any(|x| x == name))
-                    .map(|(u, _)| u.to_string())
-                    .collect()
+                let mut users: Vec<String> = Vec::new();
+                for (u, _) in g.iter().filter(|(_, t)| t == name) {
+                    if !users.iter().any(|x| x == u.as_str()) {
+                        users.push(u.to_string());
+                    }
+                }
+                users
             })
             .unwrap_or_default()
     }

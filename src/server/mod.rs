@@ -368,15 +368,15 @@ fn decision_to_proto(a: Answer) -> proto::Decision {
     proto::Decision {
         allow,
         reason: reason.as_str().to_string(),
-        message_ja,
-        message_en,
+        message_ja: message_ja.to_string(),
+        message_en: message_en.to_string(),
         rule: rule.map(|r| proto::Rule {
             kind: r.kind.to_string(),
             id: r.id.to_string(),
             source: r.source.map(|l| l.to_string()).unwrap_or_default(),
         }),
         obligations: obligations.into_iter().map(obligation_to_proto).collect(),
-        label: label.unwrap_or_default(),
+        label: label.map(String::from).unwrap_or_default(),
         policy_version: policy_version.to_string(),
         decision_id,
     }
@@ -385,7 +385,7 @@ fn decision_to_proto(a: Answer) -> proto::Decision {
 fn obligation_to_proto(o: Obligation) -> proto::Obligation {
     let kind = o.name().to_string();
     let text = match o {
-        Obligation::Label { text } => text,
+        Obligation::Label { text } => text.into(),
         _ => String::new(),
     };
     proto::Obligation { kind, text }
@@ -546,7 +546,12 @@ impl Access for AccessService {
                 .map(|(asset, name, answer)| proto::AccessibleAsset {
                     asset,
                     name: name.unwrap_or_default(),
-                    label: answer.decision.label.clone().unwrap_or_default(),
+                    label: answer
+                        .decision
+                        .label
+                        .as_deref()
+                        .unwrap_or_default()
+                        .to_string(),
                     reason: answer.decision.reason.as_str().to_string(),
                     obligations: answer
                         .decision
