@@ -6,7 +6,6 @@ pub mod admin;
 pub mod audit;
 pub mod proto;
 
-use crate::auth::certificate_identities;
 use crate::auth::token::TokenVerifier;
 use crate::config::{Config, Limits};
 use crate::engine::decide::{Decision, Obligation};
@@ -257,6 +256,7 @@ pub struct AccessService {
     tokens: Arc<TokenVerifier>,
     limits: Limits,
     inflight: Arc<Semaphore>,
+    identities: crate::auth::IdentityCache,
 }
 
 impl std::fmt::Debug for AccessService {
@@ -399,6 +399,7 @@ impl AccessService {
             tokens,
             limits,
             inflight,
+            identities: crate::auth::IdentityCache::default(),
         }
     }
 
@@ -407,7 +408,7 @@ impl AccessService {
         let missing = || Status::unauthenticated("a client certificate is required");
         let certs = req.peer_certs().ok_or_else(missing)?;
         let leaf = certs.first().ok_or_else(missing)?;
-        let identities = certificate_identities(leaf.as_ref());
+        let identities = self.identities.identities(leaf.as_ref());
         match self.pdp.system_for(&identities) {
             Ok(Some(system)) => Ok(system),
             Ok(None) => {
