@@ -3,16 +3,19 @@
 //! Design (see `docs/policy-format.md`, "How decisions are compiled"): the rules of SPEC §6
 //! are one policy row whose matcher is "no deny rule applies, and an allow rule does", so
 //! every request is one evaluation of the matcher whatever the size of the city. The
-//! register, grants, contracts, lockdowns and emergencies become role links
-//! `g(name, fact, asset)` in the asset's own domain: a hash lookup, never a scan.
+//! register, the owner sections' rights, grants, contracts, lockdowns and emergencies
+//! become role links `g(name, fact, asset)` in the asset's own domain: a lookup among that
+//! asset's few links, never a scan of the city.
 //!
-//! The asset's levels travel in the request (`r.tier`, `r.mn`, `r.i2`, as attributes of
-//! the object in Casbin's ABAC style) together with its class (`r.cls`, e.g.
+//! The asset's levels travel in the request (`r.public`, `r.secret`, `r.mn`, as attributes
+//! of the object in Casbin's ABAC style) together with its class (`r.cls`, e.g.
 //! `class:internal+my_number`), and one link proves both that the system holds the asset
 //! and that the asset is of that class: `g(y:<system>, <class>, <asset>)`. A request whose
-//! levels are not the register's finds no link and is denied. This keeps a decision at two
-//! to four `g()` calls (casbin-rs evaluates the matcher with an interpreter; see
-//! BENCHMARKS.md for what each call costs).
+//! levels are not the register's finds no link and is denied. The owner section's rights
+//! are links like a section's grants (`s:<owner>, <action>, <asset>`), so one lookup answers
+//! both. This keeps most decisions at two or three `g()` calls (casbin-rs evaluates the
+//! matcher with an interpreter; see BENCHMARKS.md for what each call costs), and the
+//! fields most read sit last in `r` (the interpreter looks variables up from the end).
 //!
 //! Node names are typed by prefix so that no value from a request can collide with a fact:
 //! `@` is the asset itself, `y:` a system, `s:` a section, `c:` a contract, `u:` a user.

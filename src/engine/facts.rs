@@ -17,6 +17,9 @@ use std::sync::Arc;
 
 pub use super::role_manager::{FastMap, Name};
 
+/// A hash set with the same fast, randomly seeded hasher as [`FastMap`].
+pub type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// A grantee's name → the grants naming it on one asset, in bundle order (usually one).
 pub type Grantees = FastMap<Name, smallvec::SmallVec<[GrantEntry; 1]>>;
 
@@ -105,8 +108,8 @@ pub struct Facts {
     pub grants: Vec<AssetGrants>,
     /// Effective grants in bundle order (`GrantEntry::order` indexes this).
     pub grant_sources: Vec<RuleSource>,
-    /// Active contracts → the sections they include.
-    pub contracts: HashMap<String, HashSet<String>>,
+    /// Active contracts → the sections they include (read by every contractor's decision).
+    pub contracts: FastMap<String, FastSet<String>>,
     pub lockdowns: Vec<ActiveLockdown>,
     pub emergencies: Vec<ActiveEmergency>,
     /// The next instant after `at` when a grant, contract, emergency or lockdown starts or

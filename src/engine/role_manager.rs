@@ -1,8 +1,9 @@
 //! A Casbin role manager with the semantics of casbin's `DefaultRoleManager` (links within a
 //! domain, transitive up to a depth, `has_link(a, a)` true, no pattern matching) but stored
-//! as hash maps, so `has_link` allocates nothing and never scans: the per-call cost of the
-//! `g()` function, called several times per decision, stays small. Property tests compare
-//! it with the default role manager.
+//! per domain as one sorted vector of `(name, target)` pairs, so `has_link` allocates
+//! nothing and reads one domain's few links, side by side in memory: the per-call cost of
+//! the `g()` function, called several times per decision, stays small. Property tests
+//! compare it with the default role manager.
 //!
 //! sekimori's domains are the assets of the register. Their links sit in a vector by
 //! register position, found through the same asset index the explainer uses: a decision
@@ -26,16 +27,37 @@ pub type Name = smartstring::alias::String;
 /// Domain (asset id) → position, shared with the facts.
 pub type DomainIndex = FastMap<Name, u32>;
 
-/// One domain's links, `(name, target)` pairs side by side in one allocation (a city's
-/// domain has 8 links at the median, 60 at most): the `g()` calls of a decision scan the
-/// same few cache lines instead of probing a hash table once each.
+/// One domain's links, `(name, target)` pairs sorted, side by side in one allocation (a
+/// city's domain has 8 links at the median, 60 at most): the `g()` calls of a decision read
+/// the same few cache lines instead of probing a hash table once each.
 type DomainLinks = Vec<(Name, Name)>;
+
+/// Up to this many links a domain is scanned: at a city's sizes (at most 60) a scan was
+/// measured faster than a binary search's string comparisons (BENCHMARKS.md). A larger
+/// one — an asset granted to many people by name — is binary-searched, so no `g()` call
+/// grows with the number of grants.
+const SCAN_AT_MOST: usize = 64;
+
+/// Where `(name, target)` is, or would be inserted, in `links`.
+fn find(links: &DomainLinks, name: &str, target: &str) -> Result<usize, usize> {
+    links.binary_search_by(|(n, t)| (n.as_str(), t.as_str()).cmp(&(name, target)))
+}
+
+/// Whether `links` holds `(name, target)`.
+fn holds(links: &DomainLinks, name: &str, target: &str) -> bool {
+    if links.len() <= SCAN_AT_MOST {
+        links.iter().any(|(n, t)| n == name && t == target)
+    } else {
+        find(links, name, target).is_ok()
+    }
+}
 
 /// The names `name` links to directly in `links`.
 fn targets<'a>(links: &'a DomainLinks, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    links
+    let first = links.partition_point(|(n, _)| n.as_str() < name);
+    links[first..]
         .iter()
-        .filter(move |(n, _)| n.as_str() == name)
+        .take_while(move |(n, _)| n.as_str() == name)
         .map(|(_, t)| t.as_str())
 }
 
@@ -90,11 +112,13 @@ impl IndexedRoleManager {
             return false;
         }
         let links = self.domain_mut(domain);
-        if links.iter().any(|(n, t)| n == name && t == fact) {
-            return false;
+        match find(links, name, fact) {
+            Ok(_) => false,
+            Err(at) => {
+                links.insert(at, (Name::from(name), Name::from(fact)));
+                true
+            }
         }
-        links.push((Name::from(name), Name::from(fact)));
-        true
     }
 }
 
@@ -122,8 +146,10 @@ impl RoleManager for IndexedRoleManager {
         name2: &str,
         domain: Option<&str>,
     ) -> casbin::Result<()> {
-        self.domain_mut(domain.unwrap_or(DEFAULT_DOMAIN))
-            .retain(|(n, t)| !(n == name1 && t == name2));
+        let links = self.domain_mut(domain.unwrap_or(DEFAULT_DOMAIN));
+        if let Ok(at) = find(links, name1, name2) {
+            links.remove(at);
+        }
         Ok(())
     }
 
@@ -139,12 +165,12 @@ impl RoleManager for IndexedRoleManager {
             return false;
         }
         // Level 1 answers sekimori's links; deeper levels keep casbin's semantics.
-        if graph.iter().any(|(n, t)| n == name1 && t == name2) {
+        if holds(graph, name1, name2) {
             return true;
         }
         // sekimori's links never chain (their targets are facts, not names): answer without
         // allocating the search below when no target links further.
-        let links_further = |t: &str| graph.iter().any(|(n, _)| n == t);
+        let links_further = |t: &str| targets(graph, t).next().is_some();
         if !targets(graph, name1).any(links_further) {
             return false;
         }
@@ -213,13 +239,22 @@ mod tests {
             }
             let mut ours = IndexedRoleManager::with_domains(10, Arc::new(index));
             let mut theirs = DefaultRoleManager::new(10);
-            let names: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+            let names: Vec<String> = (0..16).map(|i| format!("n{i}")).collect();
             let domains = [None, Some("a1"), Some("a2")];
-            for _ in 0..30 {
-                let (x, y) = (&names[rng.gen_range(0..12)], &names[rng.gen_range(0..12)]);
+            // Some rounds fill domains past `SCAN_AT_MOST`, so both lookups are compared.
+            let links = if round % 5 == 0 { 400 } else { 30 };
+            let mut added = Vec::new();
+            for _ in 0..links {
+                let (x, y) = (&names[rng.gen_range(0..16)], &names[rng.gen_range(0..16)]);
                 let d = domains[rng.gen_range(0..3)];
                 ours.add_link(x, y, d);
                 theirs.add_link(x, y, d);
+                added.push((x, y, d));
+            }
+            // And some links removed again from both.
+            for (x, y, d) in added.iter().step_by(7) {
+                ours.delete_link(x, y, *d).expect("delete");
+                let _ = theirs.delete_link(x, y, *d);
             }
             for x in names.iter().chain([String::from("unknown")].iter()) {
                 for y in &names {
