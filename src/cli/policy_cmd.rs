@@ -341,12 +341,18 @@ fn render_explanation(ex: &Explanation, at: Instant) -> String {
         ));
     }
     out.push_str("casbin request (r):\n");
+    let width = ex
+        .casbin_request
+        .fields()
+        .map(|(n, _)| n.len())
+        .max()
+        .unwrap_or(0);
     for (name, value) in ex.casbin_request.fields() {
         let value = match value {
             CasbinValue::Text(t) => format!("\"{}\"", escape(&t)),
             CasbinValue::Flag(b) => b.to_string(),
         };
-        out.push_str(&format!("  {name:<8} {value}\n"));
+        out.push_str(&format!("  {name:<width$} {value}\n"));
     }
     out.push_str(&format!(
         "casbin decision: {}\n",
@@ -498,4 +504,57 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
         if by_version.len() == 1 { "" } else { "s" }
     );
     Ok(if failed == 0 { EXIT_OK } else { EXIT_POLICY })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `policy explain` prints every field of the Casbin request, values in one column.
+    #[test]
+    fn the_casbin_request_is_printed_field_by_field_in_one_column() {
+        let at = parse_policy_time("2026-06-01T12:00:00+09:00").expect("time");
+        let loaded = policy::load(Path::new("policies"), at);
+        let snap = Snapshot::compile(&loaded, at, &RuntimeState::default()).expect("compiles");
+        let req = Request {
+            system: "juki".into(),
+            subject: Subject::new(
+                "e1010",
+                Some("shimin"),
+                SubjectKind::Staff,
+                None,
+                &["pwd".into(), "fpt".into()],
+            ),
+            asset: "juki-main".into(),
+            action: Action::Read,
+            env: Env {
+                device_issued: true,
+                purpose: Some("jumin-kiroku".into()),
+                break_glass_reason: None,
+            },
+        };
+        let text = render_explanation(&snap.explain(&req), at);
+        let (_, request) = text.split_once("casbin request (r):\n").expect("request");
+        let lines: Vec<&str> = request
+            .lines()
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        let names: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(names, crate::engine::casbin_model::REQUEST_FIELDS);
+        let columns: Vec<usize> = lines
+            .iter()
+            .map(|l| {
+                l.len()
+                    - l[2..]
+                        .trim_start_matches(|c: char| c != ' ')
+                        .trim_start()
+                        .len()
+            })
+            .collect();
+        assert!(columns.windows(2).all(|w| w[0] == w[1]), "{request}");
+        assert!(text.contains("casbin decision: allow"), "{text}");
+    }
 }
