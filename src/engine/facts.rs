@@ -36,10 +36,27 @@ pub struct AssetFacts {
     pub integrity_2: bool,
     /// Availability level 2 (emergency responders may read).
     pub availability_2: bool,
+    /// The literal levels (e.g. `3B`, `2`), inline: a decision reports them without
+    /// allocating.
+    pub confidentiality: Name,
+    pub integrity: Name,
+    pub availability: Name,
     /// `機密性` + the literal level.
     pub label: Name,
-    /// The literal levels as decisions report them.
-    pub levels: AssetLevels,
+}
+
+impl AssetFacts {
+    /// The asset's levels as a decision reports them.
+    pub fn levels(&self) -> AssetLevels {
+        AssetLevels {
+            confidentiality: self.confidentiality.clone(),
+            integrity: self.integrity.clone(),
+            availability: self.availability.clone(),
+            tier: self.tier,
+            my_number: self.my_number,
+            owner: self.owner.as_str().into(),
+        }
+    }
 }
 
 /// Where a rule came from, for decisions and for the exported policy's comments.
@@ -178,15 +195,10 @@ impl Facts {
                 my_number: a.my_number.value,
                 integrity_2: a.integrity.value == "2",
                 availability_2: a.availability.value == "2",
+                confidentiality: a.confidentiality.value.as_str().into(),
+                integrity: a.integrity.value.as_str().into(),
+                availability: a.availability.value.as_str().into(),
                 label: format!("機密性{}", a.confidentiality.value).into(),
-                levels: AssetLevels {
-                    confidentiality: a.confidentiality.value.as_str().into(),
-                    integrity: a.integrity.value.as_str().into(),
-                    availability: a.availability.value.as_str().into(),
-                    tier,
-                    my_number: a.my_number.value,
-                    owner: a.owner.value.as_str().into(),
-                },
             });
             facts.grants.push(AssetGrants::default());
         }

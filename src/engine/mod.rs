@@ -330,7 +330,7 @@ impl Snapshot {
                 _ => Vec::new(),
             },
             label: asset.map(|a| a.label.clone()),
-            asset: asset.map(|a| a.levels.clone()),
+            asset: asset.map(AssetFacts::levels),
             policy_version: self.version.clone(),
         }
     }
@@ -431,6 +431,28 @@ mod tests {
     use crate::policy::model::Action;
     use casbin_model::class;
 
+    /// `action` on `asset` by staff `sub` of its owner section, through its first holder,
+    /// with MFA, a city device and a purpose; `None` for an asset no system holds.
+    fn owner_staff_request(asset: &AssetFacts, sub: &str, action: Action) -> Option<Request> {
+        Some(Request {
+            system: asset.holders.first()?.clone(),
+            subject: Subject::new(
+                sub,
+                Some(&asset.owner),
+                SubjectKind::Staff,
+                None,
+                &["pwd".into(), "otp".into()],
+            ),
+            asset: asset.id.clone(),
+            action,
+            env: Env {
+                device_issued: true,
+                purpose: Some("test".into()),
+                break_glass_reason: None,
+            },
+        })
+    }
+
     fn sample() -> Snapshot {
         let at = crate::time::parse_policy_time("2026-06-01T12:00:00+09:00").expect("time");
         let loaded = crate::policy::load(std::path::Path::new("policies"), at);
@@ -445,25 +467,8 @@ mod tests {
         let facts = snap.facts();
         let mut allowed = 0;
         for (ai, asset) in facts.assets.iter().enumerate() {
-            let Some(system) = asset.holders.first() else {
+            let Some(req) = owner_staff_request(asset, "tester", Action::Read) else {
                 continue;
-            };
-            let req = Request {
-                system: system.clone(),
-                subject: Subject::new(
-                    "tester",
-                    Some(&asset.owner),
-                    SubjectKind::Staff,
-                    None,
-                    &["pwd".into(), "otp".into()],
-                ),
-                asset: asset.id.clone(),
-                action: Action::Read,
-                env: Env {
-                    device_issued: true,
-                    purpose: Some("test".into()),
-                    break_glass_reason: None,
-                },
             };
             let honest = snap.casbin_request(&req);
             if snap.casbin_allows(honest.clone()) != Some(true) {
@@ -511,26 +516,9 @@ mod tests {
         let snap = sample();
         let mut by_ownership = 0;
         for asset in &snap.facts().assets {
-            let Some(system) = asset.holders.first() else {
-                continue;
-            };
             for action in Action::ALL {
-                let req = Request {
-                    system: system.clone(),
-                    subject: Subject::new(
-                        "nobody-named",
-                        Some(&asset.owner),
-                        SubjectKind::Staff,
-                        None,
-                        &["pwd".into(), "otp".into()],
-                    ),
-                    asset: asset.id.clone(),
-                    action,
-                    env: Env {
-                        device_issued: true,
-                        purpose: Some("test".into()),
-                        break_glass_reason: None,
-                    },
+                let Some(req) = owner_staff_request(asset, "nobody-named", action) else {
+                    continue;
                 };
                 let e = snap.explain(&req);
                 assert_eq!(
