@@ -249,8 +249,18 @@ impl LogWriter {
     }
 }
 
-/// How often the checkpointer copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// How often the checkpointer copies the WAL into the database file. Often enough that the
+/// writer's own checkpoint (at [`super::store::WRITER_CHECKPOINT_PAGES`]) finds little left
+/// to copy: at 200 ms, under load, it found up to 200 ms of frames and held commits for
+/// 5–45 ms two or three times a second, which set the tail latency of `Check`
+/// (BENCHMARKS.md). An idle log makes a round a few reads of shared memory.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
+
+/// The nice value of the log's background threads (indexer, checkpointer): both only keep
+/// up with the writer, so they yield the CPU to answering and committing. At 10 a thread
+/// still gets about a tenth of a busy core (its weight against a nice-0 thread), more than
+/// the indexer needs at the load SPEC §11 measures; on an idle core it runs at full speed.
+pub const BACKGROUND_NICE: i32 = 10;
 
 /// Starts the checkpointer thread: it copies committed WAL frames into the database file
 /// (and fsyncs it) off the writer's thread, which measured 27 % more records/s with fsync
@@ -304,6 +314,11 @@ fn start_background(
     std::thread::Builder::new()
         .name(format!("sekimori-log-{name}"))
         .spawn(move || {
+            // Unprivileged (raising one's own nice value always is); if refused all the same
+            // (a seccomp filter), the thread runs at the process's priority as before.
+            if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+                tracing::debug!(error = %e, "the log {what} keeps the process's CPU priority");
+            }
             let mut failing = false;
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 match round(&stopped) {

@@ -835,6 +835,71 @@ async fn the_indexer_thread_indexes_committed_records() {
     assert_eq!(store.index_lag().unwrap(), 0);
 }
 
+/// The log's background threads run at a lower CPU priority than the writer (and the
+/// request workers), so that on a busy machine indexing and checkpointing wait rather than
+/// decisions and commits: each thread's nice value as the kernel reports it.
+#[tokio::test]
+async fn the_logs_background_threads_yield_the_cpu_to_the_writer() {
+    use sekimori::audit::writer::{BACKGROUND_NICE, CheckpointPolicy, LogWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let writer = LogWriter::start(
+        &dir.path().join("log.db"),
+        None,
+        CheckpointPolicy::default(),
+    )
+    .unwrap();
+    writer.append(mixed_records(0, 3)).await.unwrap();
+    // (thread name, nice) of every thread of this process; `stat`'s fields after the
+    // command's closing parenthesis start at the third, and the nice value is the 19th.
+    let threads = || -> Vec<(String, i32)> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let name = std::fs::read_to_string(t.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                let after = &stat[stat.rfind(')')? + 1..];
+                let nice = after.split_whitespace().nth(19 - 3)?.parse().ok()?;
+                Some((name.trim().to_string(), nice))
+            })
+            .collect()
+    };
+    let nice_of = |prefix: &str| -> Vec<i32> {
+        threads()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| nice)
+            .collect()
+    };
+    let writers = nice_of("sekimori-log-wr");
+    assert!(
+        !writers.is_empty(),
+        "no writer thread among {:?}",
+        threads()
+    );
+    let process_nice = writers[0];
+    assert!(
+        writers.iter().all(|&n| n == process_nice),
+        "writers at {writers:?}"
+    );
+    // Raising one's nice value never needs a privilege; a test run already nicer than
+    // BACKGROUND_NICE keeps its own.
+    let expected = BACKGROUND_NICE.max(process_nice);
+    for prefix in ["sekimori-log-in", "sekimori-log-ch"] {
+        let found = nice_of(prefix);
+        assert!(
+            !found.is_empty(),
+            "no {prefix} thread among {:?}",
+            threads()
+        );
+        assert!(
+            found.iter().all(|&n| n == expected),
+            "{prefix} threads at nice {found:?}, expected {expected}"
+        );
+    }
+    drop(writer);
+}
+
 /// The chain covers a record's bytes, not the columns queries filter on: `verify --index`
 /// checks those (in the log and in the index) against the bytes, so a record hidden from
 /// filtered queries by an altered column is named.
