@@ -256,11 +256,14 @@ impl LogWriter {
 /// (BENCHMARKS.md). An idle log makes a round a few reads of shared memory.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
-/// The nice value of the log's background threads (indexer, checkpointer): both only keep
-/// up with the writer, so they yield the CPU to answering and committing. At 10 a thread
+/// The nice value of the indexer thread: it only keeps the auditors' index up with the log
+/// (queries read what it has not reached from the log itself), so it yields the CPU to
+/// answering and committing; that took ≈ 1 ms off `Check`'s p99 (BENCHMARKS.md). At 10 it
 /// still gets about a tenth of a busy core (its weight against a nice-0 thread), more than
-/// the indexer needs at the load SPEC §11 measures; on an idle core it runs at full speed.
-pub const BACKGROUND_NICE: i32 = 10;
+/// it needs at the load SPEC §11 measures; on an idle core it runs at full speed. The
+/// checkpointer keeps the process's priority: starved, it would leave its copying to the
+/// writer's own checkpoint, inside a commit.
+pub const INDEXER_NICE: i32 = 10;
 
 /// Starts the checkpointer thread: it copies committed WAL frames into the database file
 /// (and fsyncs it) off the writer's thread, which measured 27 % more records/s with fsync
@@ -270,7 +273,7 @@ pub const BACKGROUND_NICE: i32 = 10;
 /// bounds the WAL. A failed checkpoint loses nothing: the frames stay in the WAL.
 fn start_checkpointer(path: &Path) -> Result<Sender<()>, StoreError> {
     let store = Store::open_for_checkpoints(path)?;
-    start_background("checkpointer", CHECKPOINT_EVERY, move |_| {
+    start_background("checkpointer", CHECKPOINT_EVERY, 0, move |_| {
         store.checkpoint().map(|_| ())
     })
 }
@@ -286,7 +289,7 @@ pub const INDEX_BATCH: u64 = 50_000;
 /// commits. A failure loses nothing: the records stay in the log, queries read them there.
 fn start_indexer(path: &Path, stats: Arc<WriterStats>) -> Result<Sender<()>, StoreError> {
     let store = Store::open_for_indexing(path)?;
-    start_background("indexer", INDEX_EVERY, move |stopped| {
+    start_background("indexer", INDEX_EVERY, INDEXER_NICE, move |stopped| {
         loop {
             let n = store.index_pending(INDEX_BATCH)?;
             let through = store.indexed_through()?;
@@ -302,11 +305,13 @@ fn start_indexer(path: &Path, stats: Arc<WriterStats>) -> Result<Sender<()>, Sto
 }
 
 /// Starts the log's background thread `sekimori-log-<name>`, which runs `round` every
-/// `every` until the returned sender is dropped (the writer's thread holds it). A round
-/// that fails is retried at the next one and reported once until one succeeds again.
+/// `every` until the returned sender is dropped (the writer's thread holds it), at nice
+/// value `nice` (0: the process's own). A round that fails is retried at the next one and
+/// reported once until one succeeds again.
 fn start_background(
     name: &str,
     every: Duration,
+    nice: i32,
     mut round: impl FnMut(&Receiver<()>) -> Result<(), StoreError> + Send + 'static,
 ) -> Result<Sender<()>, StoreError> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -315,8 +320,10 @@ fn start_background(
         .name(format!("sekimori-log-{name}"))
         .spawn(move || {
             // Unprivileged (raising one's own nice value always is); if refused all the same
-            // (a seccomp filter), the thread runs at the process's priority as before.
-            if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+            // (a seccomp filter), the thread runs at the process's priority.
+            if nice != 0
+                && let Err(e) = rustix::process::setpriority_process(None, nice)
+            {
                 tracing::debug!(error = %e, "the log {what} keeps the process's CPU priority");
             }
             let mut failing = false;
