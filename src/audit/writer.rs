@@ -253,17 +253,20 @@ impl LogWriter {
 /// writer's own checkpoint (at [`super::store::WRITER_CHECKPOINT_PAGES`]) finds little left
 /// to copy: at 200 ms, under load, it found up to 200 ms of frames and held commits for
 /// 5–45 ms two or three times a second, which set the tail latency of `Check`
-/// (BENCHMARKS.md). An idle log makes a round a few reads of shared memory.
+/// (BENCHMARKS.md). On an idle log a round is two lock calls on the WAL's shared memory
+/// (measured: 0.4 % of a core).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 
-/// The nice value of the indexer thread: it only keeps the auditors' index up with the log
-/// (queries read what it has not reached from the log itself), so it yields the CPU to
-/// answering and committing; that took ≈ 1 ms off `Check`'s p99 (BENCHMARKS.md). At 10 it
-/// still gets about a tenth of a busy core (its weight against a nice-0 thread), more than
-/// it needs at the load SPEC §11 measures; on an idle core it runs at full speed. The
+/// How much nicer than the process the indexer thread runs (capped at 19, the lowest
+/// priority): it only keeps the auditors' index up with the log (queries read what it has
+/// not reached from the log itself), so it yields the CPU to answering and committing; that
+/// took ≈ 1 ms off `Check`'s p99 (BENCHMARKS.md). Ten levels below, it still gets about a
+/// tenth of a busy core (its weight against a thread of the process's priority), more than
+/// it needs at the load SPEC §11 measures; on an idle core it runs at full speed. Relative,
+/// so that a service started nicer (or, as root, less nice) keeps the order. The
 /// checkpointer keeps the process's priority: starved, it would leave its copying to the
 /// writer's own checkpoint, inside a commit.
-pub const INDEXER_NICE: i32 = 10;
+pub const INDEXER_NICER_BY: i32 = 10;
 
 /// Starts the checkpointer thread: it copies committed WAL frames into the database file
 /// (and fsyncs it) off the writer's thread, which measured 27 % more records/s with fsync
@@ -289,7 +292,7 @@ pub const INDEX_BATCH: u64 = 50_000;
 /// commits. A failure loses nothing: the records stay in the log, queries read them there.
 fn start_indexer(path: &Path, stats: Arc<WriterStats>) -> Result<Sender<()>, StoreError> {
     let store = Store::open_for_indexing(path)?;
-    start_background("indexer", INDEX_EVERY, INDEXER_NICE, move |stopped| {
+    start_background("indexer", INDEX_EVERY, INDEXER_NICER_BY, move |stopped| {
         loop {
             let n = store.index_pending(INDEX_BATCH)?;
             let through = store.indexed_through()?;
@@ -305,13 +308,13 @@ fn start_indexer(path: &Path, stats: Arc<WriterStats>) -> Result<Sender<()>, Sto
 }
 
 /// Starts the log's background thread `sekimori-log-<name>`, which runs `round` every
-/// `every` until the returned sender is dropped (the writer's thread holds it), at nice
-/// value `nice` (0: the process's own). A round that fails is retried at the next one and
-/// reported once until one succeeds again.
+/// `every` until the returned sender is dropped (the writer's thread holds it), `nicer_by`
+/// nice levels below the process (0: at its priority). A round that fails is retried at
+/// the next one and reported once until one succeeds again.
 fn start_background(
     name: &str,
     every: Duration,
-    nice: i32,
+    nicer_by: i32,
     mut round: impl FnMut(&Receiver<()>) -> Result<(), StoreError> + Send + 'static,
 ) -> Result<Sender<()>, StoreError> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -319,12 +322,16 @@ fn start_background(
     std::thread::Builder::new()
         .name(format!("sekimori-log-{name}"))
         .spawn(move || {
-            // Unprivileged (raising one's own nice value always is); if refused all the same
-            // (a seccomp filter), the thread runs at the process's priority.
-            if nice != 0
-                && let Err(e) = rustix::process::setpriority_process(None, nice)
-            {
-                tracing::debug!(error = %e, "the log {what} keeps the process's CPU priority");
+            // Linux keeps a nice value per thread: this one is set from the thread's own
+            // (inherited from the process). Unprivileged, since it only raises it; if refused
+            // all the same (a seccomp filter), the thread keeps the process's priority.
+            if nicer_by != 0 {
+                let lowered = rustix::process::getpriority_process(None).and_then(|own| {
+                    rustix::process::setpriority_process(None, (own + nicer_by).min(19))
+                });
+                if let Err(e) = lowered {
+                    tracing::debug!(error = %e, "the log {what} keeps the process's CPU priority");
+                }
             }
             let mut failing = false;
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
