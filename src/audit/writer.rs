@@ -260,12 +260,12 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(25);
 /// How much nicer than the process the indexer thread runs (capped at 19, the lowest
 /// priority): it only keeps the auditors' index up with the log (queries read what it has
 /// not reached from the log itself), so it yields the CPU to answering and committing; that
-/// took ≈ 1 ms off `Check`'s p99 (BENCHMARKS.md). Ten levels below, it still gets about a
-/// tenth of a busy core (its weight against a thread of the process's priority), more than
-/// it needs at the load SPEC §11 measures; on an idle core it runs at full speed. Relative,
-/// so that a service started nicer (or, as root, less nice) keeps the order. The
-/// checkpointer keeps the process's priority: starved, it would leave its copying to the
-/// writer's own checkpoint, inside a commit.
+/// took 0.6–1.6 ms off `Check`'s p99 in three alternating pairs of runs (BENCHMARKS.md).
+/// Ten levels below, it still gets about a tenth of a busy core (its weight against a
+/// thread of the process's priority), more than it needs at the load SPEC §11 measures; on
+/// an idle core it runs at full speed. Relative, so that a service started nicer (or, as
+/// root, less nice) keeps the order. The checkpointer keeps the process's priority:
+/// starved, it would leave its copying to the writer's own checkpoint, inside a commit.
 pub const INDEXER_NICER_BY: i32 = 10;
 
 /// Starts the checkpointer thread: it copies committed WAL frames into the database file
