@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A seconds-long run of the load tool (sekimori-load) so it cannot rot: both targets
 # (sekimori serve --dev with its durable log, and the empty tonic handler) must answer
-# every call, and the summary must carry the ratio. Once unpinned, once pinned to cores.
+# every call, and the summary must carry the ratio and the CPU per call. Once unpinned,
+# once pinned to cores.
 # Debug build: the figures are not benchmarks (BENCHMARKS.md has those, in release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,11 @@ s = json.load(open(sys.argv[1]))
 for t in ("empty", "sekimori"):
     r = s[t]
     assert r["ok"] > 0 and not r["errors"], f"{t}: {r}"
-assert s["ratio_sekimori_to_empty"] > 0
+    assert r["cpu_us_per_call"]["server"] > 0 and r["cpu_us_per_call"]["load_tool"] > 0, f"{t}: {r}"
+assert "sekimori-log-wr" in s["sekimori"]["cpu_us_per_call"]["server_threads"], s["sekimori"]
+assert s["ratio_sekimori_to_empty"] > 0 and s["server_cpu_ratio_empty_to_sekimori"] > 0
 print(f"load smoke {sys.argv[2] or 'unpinned'}: empty {s['empty']['rps']:.0f}/s, sekimori {s['sekimori']['rps']:.0f}/s "
-      f"(p99 {s['sekimori']['p99_ms']:.1f} ms), ratio {s['ratio_sekimori_to_empty']:.2f}, no errors")
+      f"(p99 {s['sekimori']['p99_ms']:.1f} ms), ratio {s['ratio_sekimori_to_empty']:.2f}, "
+      f"server CPU per call {s['empty']['cpu_us_per_call']['server']:.0f} / {s['sekimori']['cpu_us_per_call']['server']:.0f} µs, no errors")
 PY
 done

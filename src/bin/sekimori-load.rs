@@ -6,7 +6,10 @@
 //! the same load: the same requests, in the same order, over the same number of connections
 //! and concurrent callers. It prints a JSON summary per target (calls/s, p50/p90/p99/p999,
 //! errors by gRPC status) and the throughput ratio sekimori / empty handler, which SPEC §11
-//! wants at least 0.5 with sekimori's p99 at most 5 ms.
+//! wants at least 0.5 with sekimori's p99 at most 5 ms. Beside each target it reports the
+//! CPU per call of the server, by thread (tokio workers, the log's writer, indexer and
+//! checkpointer), and of the load tool itself, read from Linux `/proc` over the measured
+//! interval, and the ratio of the two servers' CPU per call.
 //!
 //! `--pin` runs the servers on core 0 and the load on core 1 (through `taskset`), so the
 //! two do not compete for the same core.
@@ -353,6 +356,7 @@ async fn load(
     addr: &str,
     paths: &DevPaths,
     streams: &Arc<Vec<Stream>>,
+    server_pid: u32,
 ) -> anyhow::Result<serde_json::Value> {
     let mut channels = Vec::new();
     for c in 0..args.connections.max(1) {
@@ -367,6 +371,7 @@ async fn load(
             _ => None,
         };
         let per_task = budget.map(|n| n.div_ceil(args.concurrency.max(1) as u64));
+        let cpu_before = CpuTimes::take(server_pid);
         let started = Instant::now();
         let deadline = started + length;
         let mut tasks = Vec::new();
@@ -421,6 +426,7 @@ async fn load(
             }
         }
         let wall = started.elapsed().as_secs_f64();
+        let cpu = CpuTimes::take(server_pid).since(&cpu_before);
         all.latencies_us.sort_unstable();
         let lat = &all.latencies_us;
         let pct = |p: f64| -> f64 {
@@ -439,6 +445,7 @@ async fn load(
             "rps": ok as f64 / wall,
             "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
             "errors": all.errors,
+            "cpu_us_per_call": cpu.per_call(ok + errors),
         });
     }
     Ok(result)
@@ -510,6 +517,79 @@ fn memory_of(pid: u32) -> Option<(f64, f64)> {
         Some(kb / 1024.0)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system, in clock ticks) of the server's threads, grouped by thread
+/// name, and of this process, from Linux `/proc`: where each call's CPU goes (the tokio
+/// workers, the log's writer, indexer and checkpointer) and what the load itself costs.
+#[derive(Debug, Default)]
+struct CpuTimes {
+    server: BTreeMap<String, u64>,
+    load_tool: u64,
+}
+
+impl CpuTimes {
+    fn take(server_pid: u32) -> CpuTimes {
+        let mut server = BTreeMap::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{server_pid}/task")) {
+            for task in tasks.flatten() {
+                if let Some((name, ticks)) = task_ticks(&task.path().join("stat")) {
+                    *server.entry(name).or_default() += ticks;
+                }
+            }
+        }
+        let load_tool = task_ticks(Path::new("/proc/self/stat")).map_or(0, |(_, t)| t);
+        CpuTimes { server, load_tool }
+    }
+
+    fn since(self, before: &CpuTimes) -> CpuTimes {
+        let server = self
+            .server
+            .into_iter()
+            .map(|(name, t)| {
+                let was = before.server.get(&name).copied().unwrap_or(0);
+                (name, t.saturating_sub(was))
+            })
+            .collect();
+        CpuTimes {
+            server,
+            load_tool: self.load_tool.saturating_sub(before.load_tool),
+        }
+    }
+
+    /// Microseconds of CPU per call: the server's in total and by thread name, the load tool's.
+    fn per_call(&self, calls: u64) -> serde_json::Value {
+        let hz = rustix::param::clock_ticks_per_second() as f64;
+        let us = |ticks: u64| -> f64 {
+            let v = ticks as f64 * 1e6 / hz / calls.max(1) as f64;
+            (v * 10.0).round() / 10.0
+        };
+        let threads: serde_json::Map<String, serde_json::Value> = self
+            .server
+            .iter()
+            .filter(|(_, t)| **t > 0)
+            .map(|(name, t)| (name.clone(), serde_json::json!(us(*t))))
+            .collect();
+        serde_json::json!({
+            "server": us(self.server.values().sum()),
+            "server_threads": threads,
+            "load_tool": us(self.load_tool),
+        })
+    }
+}
+
+/// A thread's (or process's) name and user + system CPU ticks from its `stat` file.
+fn task_ticks(stat: &Path) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    // `pid (name) state ...`: the name may hold spaces and parentheses, so split at the last ')'.
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_string();
+    let mut fields = text.get(close + 1..)?.split_whitespace();
+    // After the name: state is field 3 of stat(5); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((name, utime + stime))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -639,7 +719,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ))),
             _ => None,
         };
-        let mut result = load(&args, &addr, &paths, &streams).await?;
+        let mut result = load(&args, &addr, &paths, &streams, child.0.id()).await?;
         if let Some(task) = reloads {
             task.abort();
             result["reloads_requested"] =
@@ -655,7 +735,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let (Some(s), Some(e)) = (summary.get("sekimori"), summary.get("empty")) {
         let ratio = s["rps"].as_f64().unwrap_or(0.0) / e["rps"].as_f64().unwrap_or(f64::MAX);
+        // The same comparison in the servers' own CPU per call: the empty handler's over
+        // sekimori's. It leaves out the load tool, which shares the cores with both.
+        let server_cpu = |t: &serde_json::Value| t["cpu_us_per_call"]["server"].as_f64();
+        let cpu_ratio = match (server_cpu(s), server_cpu(e)) {
+            (Some(sc), Some(ec)) if sc > 0.0 => Some(ec / sc),
+            _ => None,
+        };
         summary.insert("ratio_sekimori_to_empty".into(), serde_json::json!(ratio));
+        if let Some(r) = cpu_ratio {
+            summary.insert(
+                "server_cpu_ratio_empty_to_sekimori".into(),
+                serde_json::json!(r),
+            );
+        }
     }
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(summary))?;
     println!("{text}");
@@ -663,4 +756,83 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, &text)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_name_with_spaces_and_parentheses_is_read_whole() {
+        let dir = std::env::temp_dir().join(format!("sekimori-load-stat-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stat = dir.join("stat");
+        // stat(5): pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        // cmajflt utime stime ...
+        std::fs::write(
+            &stat,
+            "4242 (odd (name) x) S 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            task_ticks(&stat),
+            Some((String::from("odd (name) x"), 1290))
+        );
+        std::fs::write(&stat, "4242 (cut short) S 1 2").unwrap();
+        assert_eq!(
+            task_ticks(&stat),
+            None,
+            "a stat line without the CPU fields"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn cpu_per_call_is_the_difference_spread_over_the_calls() {
+        let hz = rustix::param::clock_ticks_per_second();
+        let before = CpuTimes {
+            server: BTreeMap::from([("worker".into(), 100), ("writer".into(), 10)]),
+            load_tool: 50,
+        };
+        let after = CpuTimes {
+            server: BTreeMap::from([
+                ("worker".into(), 100 + 3 * hz),
+                ("writer".into(), 10 + hz),
+                ("started later".into(), hz),
+            ]),
+            load_tool: 50 + 2 * hz,
+        };
+        // One second of CPU is 1,000,000 µs: over 100,000 calls, 10 µs a call.
+        let v = after.since(&before).per_call(100_000);
+        assert_eq!(v["server"], serde_json::json!(50.0));
+        assert_eq!(v["server_threads"]["worker"], serde_json::json!(30.0));
+        assert_eq!(v["server_threads"]["writer"], serde_json::json!(10.0));
+        assert_eq!(
+            v["server_threads"]["started later"],
+            serde_json::json!(10.0)
+        );
+        assert_eq!(v["load_tool"], serde_json::json!(20.0));
+    }
+
+    #[test]
+    fn the_threads_of_a_process_are_summed_and_an_unknown_pid_has_none() {
+        let pid = std::process::id();
+        let before = CpuTimes::take(pid);
+        // Burn CPU in this thread until its process has used three more clock ticks.
+        let started = Instant::now();
+        let mut x = 0u64;
+        while CpuTimes::take(pid).load_tool < before.load_tool + 3 {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no CPU time seen"
+            );
+        }
+        let spent = CpuTimes::take(pid).since(&before);
+        // Read per thread from /proc/<pid>/task, the same ticks as the process's own stat.
+        assert!(spent.server.values().sum::<u64>() >= 3, "{spent:?}");
+        assert!(CpuTimes::take(u32::MAX).server.is_empty());
+    }
 }
