@@ -519,11 +519,13 @@ fn memory_of(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// CPU time (user + system, in clock ticks) of the server's threads, grouped by thread
-/// name, and of this process, from Linux `/proc`: where each call's CPU goes (the tokio
-/// workers, the log's writer, indexer and checkpointer) and what the load itself costs.
+/// CPU time (user + system, in clock ticks) of the server process, of its live threads
+/// grouped by thread name, and of this process, from Linux `/proc`: where each call's CPU
+/// goes (the tokio workers, the log's writer, indexer and checkpointer) and what the load
+/// itself costs. The process's total also holds threads that ended meanwhile.
 #[derive(Debug, Default)]
 struct CpuTimes {
+    server_total: u64,
     server: BTreeMap<String, u64>,
     load_tool: u64,
 }
@@ -538,8 +540,14 @@ impl CpuTimes {
                 }
             }
         }
+        let server_total =
+            task_ticks(&PathBuf::from(format!("/proc/{server_pid}/stat"))).map_or(0, |(_, t)| t);
         let load_tool = task_ticks(Path::new("/proc/self/stat")).map_or(0, |(_, t)| t);
-        CpuTimes { server, load_tool }
+        CpuTimes {
+            server_total,
+            server,
+            load_tool,
+        }
     }
 
     fn since(self, before: &CpuTimes) -> CpuTimes {
@@ -552,6 +560,7 @@ impl CpuTimes {
             })
             .collect();
         CpuTimes {
+            server_total: self.server_total.saturating_sub(before.server_total),
             server,
             load_tool: self.load_tool.saturating_sub(before.load_tool),
         }
@@ -571,7 +580,7 @@ impl CpuTimes {
             .map(|(name, t)| (name.clone(), serde_json::json!(us(*t))))
             .collect();
         serde_json::json!({
-            "server": us(self.server.values().sum()),
+            "server": us(self.server_total),
             "server_threads": threads,
             "load_tool": us(self.load_tool),
         })
@@ -791,10 +800,13 @@ mod tests {
     fn cpu_per_call_is_the_difference_spread_over_the_calls() {
         let hz = rustix::param::clock_ticks_per_second();
         let before = CpuTimes {
+            server_total: 1_000,
             server: BTreeMap::from([("worker".into(), 100), ("writer".into(), 10)]),
             load_tool: 50,
         };
+        // The process's total also holds a thread that ended (one second).
         let after = CpuTimes {
+            server_total: 1_000 + 6 * hz,
             server: BTreeMap::from([
                 ("worker".into(), 100 + 3 * hz),
                 ("writer".into(), 10 + hz),
@@ -804,7 +816,7 @@ mod tests {
         };
         // One second of CPU is 1,000,000 µs: over 100,000 calls, 10 µs a call.
         let v = after.since(&before).per_call(100_000);
-        assert_eq!(v["server"], serde_json::json!(50.0));
+        assert_eq!(v["server"], serde_json::json!(60.0));
         assert_eq!(v["server_threads"]["worker"], serde_json::json!(30.0));
         assert_eq!(v["server_threads"]["writer"], serde_json::json!(10.0));
         assert_eq!(
@@ -818,21 +830,26 @@ mod tests {
     fn the_threads_of_a_process_are_summed_and_an_unknown_pid_has_none() {
         let pid = std::process::id();
         let before = CpuTimes::take(pid);
-        // Burn CPU in this thread until its process has used three more clock ticks.
+        // Burn CPU in this thread until its thread and its process (read both ways: the
+        // process's own stat and the sum of its threads') show three more clock ticks.
         let started = Instant::now();
         let mut x = 0u64;
-        while CpuTimes::take(pid).load_tool < before.load_tool + 3 {
+        let mut spent = CpuTimes::default();
+        while spent.server_total < 3
+            || spent.server.values().sum::<u64>() < 3
+            || spent.load_tool < 3
+        {
             for i in 0..100_000u64 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "no CPU time seen"
+                "no CPU time seen: {spent:?}"
             );
+            spent = CpuTimes::take(pid).since(&before);
         }
-        let spent = CpuTimes::take(pid).since(&before);
-        // Read per thread from /proc/<pid>/task, the same ticks as the process's own stat.
-        assert!(spent.server.values().sum::<u64>() >= 3, "{spent:?}");
+        // Found thread by thread as well.
+        assert!(!spent.server.is_empty());
         assert!(CpuTimes::take(u32::MAX).server.is_empty());
     }
 }
