@@ -33,7 +33,8 @@ out=${out:-target/profile/check-$target.svg}
 data=target/profile/perf-$target.data
 
 cargo build --quiet --release --bins
-# Warm-up 2 s, then the profile starts 1 s into the measured load and ends before it does.
+# The profile starts 3 s after the server (after its start-up and most of the load tool's
+# 2 s warm-up, which sends the same load) and ends before the measured load does.
 target/release/sekimori-load --target "$target" --duration "$((seconds + 3))s" > /dev/null 2>&1 &
 load=$!
 trap 'kill $load 2> /dev/null || true' EXIT
