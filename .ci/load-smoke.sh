@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A seconds-long run of the load tool (sekimori-load) so it cannot rot: both targets
 # (sekimori serve --dev with its durable log, and the empty tonic handler) must answer
-# every call, and the summary must carry the ratio and the CPU per call. Once unpinned,
+# every call, and the summary must carry the ratio, the CPU per call and what sekimori's
+# log did (commits, records per commit, commit time, read from its metrics). Once unpinned,
 # once pinned to cores.
 # Debug build: the figures are not benchmarks (BENCHMARKS.md has those, in release).
 set -euo pipefail
@@ -21,8 +22,13 @@ for t in ("empty", "sekimori"):
     assert r["cpu_us_per_call"]["server"] > 0 and r["cpu_us_per_call"]["load_tool"] > 0, f"{t}: {r}"
 assert "sekimori-log-wr" in s["sekimori"]["cpu_us_per_call"]["server_threads"], s["sekimori"]
 assert s["ratio_sekimori_to_empty"] > 0 and s["server_cpu_ratio_empty_to_sekimori"] > 0
+log = s["sekimori"]["log"]
+assert log["commits_per_s"] > 0 and log["records_per_commit"] >= 1, log
+assert log["commit_mean_ms"] > 0 and log["commit_p99_ms_at_most"] is not None, log
+assert "log" not in s["empty"], s["empty"]
 print(f"load smoke {sys.argv[2] or 'unpinned'}: empty {s['empty']['rps']:.0f}/s, sekimori {s['sekimori']['rps']:.0f}/s "
       f"(p99 {s['sekimori']['p99_ms']:.1f} ms), ratio {s['ratio_sekimori_to_empty']:.2f}, "
-      f"server CPU per call {s['empty']['cpu_us_per_call']['server']:.0f} / {s['sekimori']['cpu_us_per_call']['server']:.0f} µs, no errors")
+      f"server CPU per call {s['empty']['cpu_us_per_call']['server']:.0f} / {s['sekimori']['cpu_us_per_call']['server']:.0f} µs, "
+      f"{log['commits_per_s']:.0f} commits/s of {log['records_per_commit']:.1f} records, {log['commit_mean_ms']:.2f} ms each, no errors")
 PY
 done

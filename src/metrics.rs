@@ -4,14 +4,44 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Bucket bounds of `sekimori_log_batch_records`: 1, 2, 4, … up to the largest group.
+const BATCH_BUCKETS: [f64; 14] = {
+    let mut b = [1.0; 14];
+    let mut i = 1;
+    while i < b.len() {
+        b[i] = b[i - 1] * 2.0;
+        i += 1;
+    }
+    b
+};
+const _: () = assert!(BATCH_BUCKETS[13] as usize == crate::audit::writer::MAX_GROUP);
+
 /// Starts the exporter's HTTP listener at `addr` (`/metrics`). Once per process.
 pub fn install(addr: SocketAddr) -> Result<(), String> {
+    use metrics_exporter_prometheus::Matcher;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&[
             0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
             0.25, 1.0,
         ])
+        .map_err(|e| e.to_string())?
+        // A commit is one fsync and little else: finer steps where disks differ (a local
+        // SSD's flush takes tens of µs, a virtual disk's a few hundred), so an operator can
+        // read the disk's cost off the histogram (docs/operations.md).
+        .set_buckets_for_metric(
+            Matcher::Full("sekimori_log_commit_seconds".into()),
+            &[
+                0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.001_5,
+                0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
+        // Records, not seconds: powers of two up to the writer's largest group.
+        .set_buckets_for_metric(
+            Matcher::Full("sekimori_log_batch_records".into()),
+            &BATCH_BUCKETS,
+        )
         .map_err(|e| e.to_string())?
         .install()
         .map_err(|e| e.to_string())?;

@@ -9,7 +9,9 @@
 //! wants at least 0.5 with sekimori's p99 at most 5 ms. Beside each target it reports the
 //! CPU per call of the server, by thread (tokio workers, the log's writer, indexer and
 //! checkpointer), and of the load tool itself, read from Linux `/proc` over the measured
-//! interval, and the ratio of the two servers' CPU per call.
+//! interval, and the ratio of the two servers' CPU per call. For sekimori it adds, under
+//! `log`, what its decision log did meanwhile, from the server's own metrics: group commits
+//! per second, records per commit, and how long a commit (mostly its fsync) took.
 //!
 //! `--pin` runs the servers on core 0 and the load on core 1 (through `taskset`), so the
 //! two do not compete for the same core.
@@ -357,6 +359,7 @@ async fn load(
     paths: &DevPaths,
     streams: &Arc<Vec<Stream>>,
     server_pid: u32,
+    metrics: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
     let mut channels = Vec::new();
     for c in 0..args.connections.max(1) {
@@ -371,6 +374,10 @@ async fn load(
             _ => None,
         };
         let per_task = budget.map(|n| n.div_ceil(args.concurrency.max(1) as u64));
+        let log_before = match metrics {
+            Some(m) => Some(LogFigures::parse(&scrape(m).await?)),
+            None => None,
+        };
         let cpu_before = CpuTimes::take(server_pid);
         let started = Instant::now();
         let deadline = started + length;
@@ -427,6 +434,10 @@ async fn load(
         }
         let wall = started.elapsed().as_secs_f64();
         let cpu = CpuTimes::take(server_pid).since(&cpu_before);
+        let log = match (metrics, log_before) {
+            (Some(m), Some(before)) => Some(LogFigures::parse(&scrape(m).await?).since(&before)),
+            _ => None,
+        };
         all.latencies_us.sort_unstable();
         let lat = &all.latencies_us;
         let pct = |p: f64| -> f64 {
@@ -447,8 +458,129 @@ async fn load(
             "errors": all.errors,
             "cpu_us_per_call": cpu.per_call(ok + errors),
         });
+        if let Some(log) = log {
+            result["log"] = log.summary(wall);
+        }
     }
     Ok(result)
+}
+
+/// The body of `GET /metrics` from the server's Prometheus listener on loopback.
+async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the server's metrics at {addr}"))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .context("the server's metrics did not answer within 10 s")??;
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => bail!("unexpected answer from the server's metrics at {addr}"),
+    }
+}
+
+/// The decision log's figures in the server's metrics (cumulative since it started):
+/// `sekimori_log_commit_seconds` (a histogram) and `sekimori_log_batch_records` (its sum).
+#[derive(Debug, Default, Clone, PartialEq)]
+struct LogFigures {
+    /// `(upper bound in seconds, commits at most that long)`, in the exporter's order
+    /// (ascending, `+Inf` last).
+    commit_buckets: Vec<(f64, f64)>,
+    commit_seconds: f64,
+    commits: f64,
+    records: f64,
+}
+
+impl LogFigures {
+    fn parse(text: &str) -> LogFigures {
+        let mut f = LogFigures::default();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            if let Some(le) = key
+                .strip_prefix("sekimori_log_commit_seconds_bucket{le=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+            {
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    match le.parse() {
+                        Ok(b) => b,
+                        Err(_) => continue,
+                    }
+                };
+                f.commit_buckets.push((bound, value));
+            } else if key == "sekimori_log_commit_seconds_sum" {
+                f.commit_seconds = value;
+            } else if key == "sekimori_log_commit_seconds_count" {
+                f.commits = value;
+            } else if key == "sekimori_log_batch_records_sum" {
+                f.records = value;
+            }
+        }
+        f
+    }
+
+    /// What happened between `before` and `self`.
+    fn since(&self, before: &LogFigures) -> LogFigures {
+        let earlier = |bound: f64| {
+            before
+                .commit_buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0.0, |(_, n)| *n)
+        };
+        LogFigures {
+            commit_buckets: self
+                .commit_buckets
+                .iter()
+                .map(|&(b, n)| (b, n - earlier(b)))
+                .collect(),
+            commit_seconds: self.commit_seconds - before.commit_seconds,
+            commits: self.commits - before.commits,
+            records: self.records - before.records,
+        }
+    }
+
+    /// The smallest bucket bound that at least `share` of the commits stayed within, in ms.
+    fn at_most_ms(&self, share: f64) -> Option<f64> {
+        self.commit_buckets
+            .iter()
+            .find(|(b, n)| b.is_finite() && *n >= share * self.commits)
+            // Whole µs, in ms: the bounds are given in seconds.
+            .map(|(b, _)| (b * 1e6).round() / 1e3)
+    }
+
+    fn summary(&self, seconds: f64) -> serde_json::Value {
+        let per_commit = |x: f64| {
+            if self.commits > 0.0 {
+                x / self.commits
+            } else {
+                0.0
+            }
+        };
+        let within_1ms = self
+            .commit_buckets
+            .iter()
+            .find(|(b, _)| *b == 0.001)
+            .map(|(_, n)| *n);
+        serde_json::json!({
+            "commits_per_s": self.commits / seconds.max(f64::MIN_POSITIVE),
+            "records_per_commit": per_commit(self.records),
+            "commit_mean_ms": per_commit(self.commit_seconds) * 1000.0,
+            "commit_p50_ms_at_most": self.at_most_ms(0.5),
+            "commit_p99_ms_at_most": self.at_most_ms(0.99),
+            "commits_over_1ms_share": within_1ms.map(|n| 1.0 - per_commit(n)),
+        })
+    }
 }
 
 /// Sends SIGHUP to `pid` every `every` (with `kill`), counting the signals sent.
@@ -691,6 +823,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for target in targets {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
+        let metrics = format!("127.0.0.1:{}", free_port()?);
         let log = work.path().join(format!("{target:?}.log"));
         let argv: Vec<String> = match target {
             Target::Empty => vec![
@@ -709,7 +842,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "--listen".into(),
                 addr.clone(),
                 "--metrics".into(),
-                "off".into(),
+                metrics.clone(),
             ],
         };
         let program = if *target == Target::Empty {
@@ -728,7 +861,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ))),
             _ => None,
         };
-        let mut result = load(&args, &addr, &paths, &streams, child.0.id()).await?;
+        let metrics = (*target == Target::Sekimori).then_some(metrics.as_str());
+        let mut result = load(&args, &addr, &paths, &streams, child.0.id(), metrics).await?;
         if let Some(task) = reloads {
             task.abort();
             result["reloads_requested"] =
@@ -770,6 +904,59 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two scrapes of the exporter's text, 400 commits of 3,000 records apart.
+    const BEFORE: &str = "# TYPE sekimori_log_commit_seconds histogram
+sekimori_log_commit_seconds_bucket{le=\"0.0002\"} 50
+sekimori_log_commit_seconds_bucket{le=\"0.001\"} 90
+sekimori_log_commit_seconds_bucket{le=\"+Inf\"} 100
+sekimori_log_commit_seconds_sum 0.05
+sekimori_log_commit_seconds_count 100
+sekimori_log_batch_records_sum 700
+sekimori_check_seconds_bucket{call=\"check\",le=\"0.001\"} 9
+";
+    const AFTER: &str = "sekimori_log_commit_seconds_bucket{le=\"0.0002\"} 250
+sekimori_log_commit_seconds_bucket{le=\"0.001\"} 486
+sekimori_log_commit_seconds_bucket{le=\"+Inf\"} 500
+sekimori_log_commit_seconds_sum 0.25
+sekimori_log_commit_seconds_count 500
+sekimori_log_batch_records_sum 3700
+sekimori_log_batch_records_count 500
+";
+
+    #[test]
+    fn the_log_figures_are_the_difference_of_two_scrapes() {
+        let before = LogFigures::parse(BEFORE);
+        assert_eq!(before.commits, 100.0);
+        assert_eq!(before.commit_buckets.len(), 3, "{before:?}");
+        let log = LogFigures::parse(AFTER).since(&before);
+        assert_eq!(
+            log.commit_buckets,
+            [(0.0002, 200.0), (0.001, 396.0), (f64::INFINITY, 400.0)]
+        );
+        let v = log.summary(2.0);
+        let near = |key: &str, want: f64| {
+            let got = v[key].as_f64().unwrap_or(f64::NAN);
+            assert!((got - want).abs() < 1e-9, "{key}: {got}, not {want}");
+        };
+        near("commits_per_s", 200.0);
+        near("records_per_commit", 7.5);
+        near("commit_mean_ms", 0.5);
+        // 200 of 400 within 0.2 ms: the median is at most 0.2 ms; 396 within 1 ms.
+        near("commit_p50_ms_at_most", 0.2);
+        near("commit_p99_ms_at_most", 1.0);
+        near("commits_over_1ms_share", 0.01);
+    }
+
+    #[test]
+    fn a_scrape_without_the_log_metrics_reports_no_commits() {
+        let log = LogFigures::parse("garbage\nsekimori_log_commit_seconds_count x\n");
+        assert_eq!(log, LogFigures::default());
+        let v = log.summary(1.0);
+        assert_eq!(v["commit_mean_ms"], serde_json::json!(0.0));
+        assert_eq!(v["commit_p50_ms_at_most"], serde_json::Value::Null);
+        assert_eq!(v["commits_over_1ms_share"], serde_json::Value::Null);
+    }
 
     #[test]
     fn a_thread_name_with_spaces_and_parentheses_is_read_whole() {

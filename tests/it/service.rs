@@ -2118,6 +2118,14 @@ async fn metrics_are_exposed_and_move() {
     assert!(value("sekimori_rejections_total{cause=\"malformed\"}") >= 1.0);
     assert!(value("sekimori_check_seconds_count{call=\"check\"}") >= 4.0);
     assert!(value("sekimori_log_commit_seconds_count") >= 1.0);
+    // Groups are counted in records (1, 2, 4, …, 8192), commits in fine steps of time.
+    assert!(value("sekimori_log_batch_records_bucket{le=\"8192\"}") >= 1.0);
+    assert!(value("sekimori_log_batch_records_bucket{le=\"1\"}") >= 0.0);
+    assert!(
+        !body.contains("sekimori_log_batch_records_bucket{le=\"0.00005\"}"),
+        "record counts in buckets of seconds:\n{body}"
+    );
+    assert!(value("sekimori_log_commit_seconds_bucket{le=\"0.00015\"}") >= 0.0);
     assert!(value("sekimori_rejections_total{cause=\"tls_no_client_certificate\"}") >= 1.0);
     assert!(
         body.contains("sekimori_policy_info{version=\"sha256:"),
