@@ -3,17 +3,17 @@
 # (sekimori serve --dev with its durable log, and the empty tonic handler) must answer
 # every call, and the summary must carry the ratio, the CPU per call and what sekimori's
 # log did (commits, records per commit, commit time, read from its metrics). Once unpinned,
-# once pinned to cores.
+# once pinned to cores, once with the two targets in alternating slices.
 # Debug build: the figures are not benchmarks (BENCHMARKS.md has those, in release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bins
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for pin in "" "--pin"; do
-  target/debug/sekimori-load --duration 2s --warmup 500ms --concurrency 8 --connections 2 $pin \
+for mode in "" "--pin" "--interleave 500ms"; do
+  target/debug/sekimori-load --duration 2s --warmup 500ms --concurrency 8 --connections 2 $mode \
     --json "$work/load.json" > /dev/null
-  python3 - "$work/load.json" "$pin" <<'PY'
+  python3 - "$work/load.json" "$mode" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 for t in ("empty", "sekimori"):
@@ -26,6 +26,12 @@ log = s["sekimori"]["log"]
 assert log["commits_per_s"] > 0 and log["records_per_commit"] >= 1, log
 assert log["commit_mean_ms"] > 0 and log["commit_p99_ms_at_most"] is not None, log
 assert "log" not in s["empty"], s["empty"]
+if sys.argv[2].startswith("--interleave"):
+    assert s["load"]["interleave_s"] == 0.5, s["load"]
+    assert s["sekimori"]["server_cpu_ms_while_other_measured"] >= 0, s["sekimori"]
+    assert 0 < s["ratio_charged_for_work_between_slices"] <= s["ratio_sekimori_to_empty"], s
+else:
+    assert "ratio_charged_for_work_between_slices" not in s, s
 print(f"load smoke {sys.argv[2] or 'unpinned'}: empty {s['empty']['rps']:.0f}/s, sekimori {s['sekimori']['rps']:.0f}/s "
       f"(p99 {s['sekimori']['p99_ms']:.1f} ms), ratio {s['ratio_sekimori_to_empty']:.2f}, "
       f"server CPU per call {s['empty']['cpu_us_per_call']['server']:.0f} / {s['sekimori']['cpu_us_per_call']['server']:.0f} µs, "

@@ -16,6 +16,12 @@
 //! `--pin` runs the servers on core 0 and the load on core 1 (through `taskset`), so the
 //! two do not compete for the same core.
 //!
+//! `--interleave 2s` keeps both servers running and measures them in alternating slices
+//! (empty, sekimori, sekimori, empty, …) instead of one after the other, so that a host
+//! whose speed drifts from one minute to the next slows both alike. What sekimori does
+//! between its slices (its indexer catching up) is reported, and charged against it in a
+//! second, conservative ratio.
+//!
 //! Build both binaries, then run: `cargo build --release --bins && target/release/sekimori-load`.
 
 use anyhow::{Context, bail};
@@ -55,6 +61,11 @@ struct Args {
     /// Load before measuring, per target.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Measure the two targets in alternating slices of this length (e.g. `1s`), both
+    /// servers running throughout, instead of one after the other: a host whose speed drifts
+    /// then slows both alike. Needs `--target both`; not with `--requests`.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    interleave: Option<Duration>,
     /// Which servers to load.
     #[arg(long, value_enum, default_value = "both")]
     target: Target,
@@ -353,93 +364,37 @@ async fn connect(addr: &str, paths: &DevPaths, system: &str) -> anyhow::Result<C
 }
 
 /// Sends the load to `addr` for `warmup`, then measures for `duration` (or `requests`).
-async fn load(
-    args: &Args,
-    addr: &str,
-    paths: &DevPaths,
-    streams: &Arc<Vec<Stream>>,
-    server_pid: u32,
-    metrics: Option<&str>,
-) -> anyhow::Result<serde_json::Value> {
-    let mut channels = Vec::new();
-    for c in 0..args.connections.max(1) {
-        let stream = c % streams.len();
-        let system = &streams[stream].system;
-        channels.push((stream, connect(addr, paths, system).await?));
+/// What one target's callers saw over a measured stretch (one run, or the sum of its
+/// slices), and what its server spent meanwhile.
+#[derive(Default)]
+struct Measured {
+    tally: Tally,
+    seconds: f64,
+    cpu: CpuTimes,
+    log: Option<LogFigures>,
+    /// This server's CPU while the other target was being measured (interleaved runs):
+    /// work it left over, such as the indexer's, done outside its own slices.
+    cpu_while_other: Option<u64>,
+}
+
+impl Measured {
+    fn add(&mut self, more: Measured) {
+        self.tally.latencies_us.extend(more.tally.latencies_us);
+        self.tally.allows += more.tally.allows;
+        for (k, v) in more.tally.errors {
+            *self.tally.errors.entry(k).or_default() += v;
+        }
+        self.seconds += more.seconds;
+        self.cpu.add(&more.cpu);
+        self.log = match (self.log.take(), more.log) {
+            (Some(a), Some(b)) => Some(a.plus(&b)),
+            (a, b) => a.or(b),
+        };
     }
-    let mut result = serde_json::Value::Null;
-    for (phase, length) in [("warmup", args.warmup), ("measure", args.duration)] {
-        let budget = match (phase, args.requests) {
-            ("measure", Some(n)) => Some(n),
-            _ => None,
-        };
-        let per_task = budget.map(|n| n.div_ceil(args.concurrency.max(1) as u64));
-        let log_before = match metrics {
-            Some(m) => Some(LogFigures::parse(&scrape(m).await?)),
-            None => None,
-        };
-        let cpu_before = CpuTimes::take(server_pid);
-        let started = Instant::now();
-        let deadline = started + length;
-        let mut tasks = Vec::new();
-        for t in 0..args.concurrency.max(1) {
-            let (stream, channel) = channels[t % channels.len()].clone();
-            let streams = Arc::clone(streams);
-            tasks.push(tokio::spawn(async move {
-                let mut client = AccessClient::new(channel);
-                let reqs = &streams[stream].requests;
-                let mut tally = Tally::default();
-                let mut i = t * 7919;
-                loop {
-                    let done = match per_task {
-                        Some(n) => {
-                            tally.latencies_us.len() as u64 + tally.errors.values().sum::<u64>()
-                                >= n
-                        }
-                        None => Instant::now() >= deadline,
-                    };
-                    if done {
-                        break;
-                    }
-                    let req = reqs[i % reqs.len()].clone();
-                    i += 1;
-                    let t0 = Instant::now();
-                    match client.check(req).await {
-                        Ok(resp) => {
-                            let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                            tally.latencies_us.push(us);
-                            if resp.into_inner().decision.is_some_and(|d| d.allow) {
-                                tally.allows += 1;
-                            }
-                        }
-                        Err(status) => {
-                            *tally
-                                .errors
-                                .entry(format!("{:?}", status.code()))
-                                .or_default() += 1;
-                        }
-                    }
-                }
-                tally
-            }));
-        }
-        let mut all = Tally::default();
-        for task in tasks {
-            let t = task.await?;
-            all.latencies_us.extend(t.latencies_us);
-            all.allows += t.allows;
-            for (k, v) in t.errors {
-                *all.errors.entry(k).or_default() += v;
-            }
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let cpu = CpuTimes::take(server_pid).since(&cpu_before);
-        let log = match (metrics, log_before) {
-            (Some(m), Some(before)) => Some(LogFigures::parse(&scrape(m).await?).since(&before)),
-            _ => None,
-        };
-        all.latencies_us.sort_unstable();
-        let lat = &all.latencies_us;
+
+    fn summary(mut self) -> serde_json::Value {
+        self.tally.latencies_us.sort_unstable();
+        let lat = &self.tally.latencies_us;
         let pct = |p: f64| -> f64 {
             if lat.is_empty() {
                 return 0.0;
@@ -447,22 +402,270 @@ async fn load(
             f64::from(lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)]) / 1000.0
         };
         let ok = lat.len() as u64;
-        let errors: u64 = all.errors.values().sum();
-        result = serde_json::json!({
+        let errors: u64 = self.tally.errors.values().sum();
+        let mut result = serde_json::json!({
             "calls": ok + errors,
             "ok": ok,
-            "allows": all.allows,
-            "seconds": wall,
-            "rps": ok as f64 / wall,
+            "allows": self.tally.allows,
+            "seconds": self.seconds,
+            "rps": ok as f64 / self.seconds.max(f64::MIN_POSITIVE),
             "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
-            "errors": all.errors,
-            "cpu_us_per_call": cpu.per_call(ok + errors),
+            "errors": self.tally.errors,
+            "cpu_us_per_call": self.cpu.per_call(ok + errors),
         });
-        if let Some(log) = log {
-            result["log"] = log.summary(wall);
+        if let Some(log) = &self.log {
+            result["log"] = log.summary(self.seconds);
+        }
+        if let Some(ticks) = self.cpu_while_other {
+            let hz = rustix::param::clock_ticks_per_second() as f64;
+            result["server_cpu_ms_while_other_measured"] =
+                serde_json::json!((ticks as f64 * 1000.0 / hz).round());
+        }
+        result
+    }
+}
+
+/// What starting a target's server takes.
+struct Launch<'a> {
+    args: &'a Args,
+    /// The run's scratch directory (the servers' standard error goes there).
+    work: &'a Path,
+    /// The development CA, certificates and keys (`serve --dev --data`).
+    data: &'a Path,
+    empty_bin: &'a Path,
+    server_bin: &'a Path,
+    paths: &'a DevPaths,
+    streams: &'a Arc<Vec<Stream>>,
+}
+
+impl Launch<'_> {
+    /// Starts `target`'s server, waits until it answers, opens the connections and sends
+    /// the warm-up load.
+    async fn start(&self, target: Target) -> anyhow::Result<Running> {
+        let args = self.args;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let log = self.work.join(format!("{target:?}.log"));
+        let data = self.data.display().to_string();
+        let (program, argv): (&Path, Vec<String>) = match target {
+            Target::Empty => (
+                self.empty_bin,
+                vec!["--serve-empty".into(), addr.clone(), "--data".into(), data],
+            ),
+            _ => (
+                self.server_bin,
+                vec![
+                    "serve".into(),
+                    "--dev".into(),
+                    "--data".into(),
+                    data,
+                    "--policies".into(),
+                    args.policies.display().to_string(),
+                    "--listen".into(),
+                    addr.clone(),
+                    "--metrics".into(),
+                    metrics.clone(),
+                ],
+            ),
+        };
+        let mut child = spawn(args, program, &argv, &log)?;
+        wait_ready(&addr, self.paths, &self.streams[0], &mut child, &log).await?;
+        let metrics = (target == Target::Sekimori).then_some(metrics);
+        let running = Running::open(
+            args,
+            target,
+            &addr,
+            metrics,
+            child,
+            self.paths,
+            self.streams,
+        )
+        .await?;
+        drive(args, &running.channels, self.streams, args.warmup, None).await?;
+        Ok(running)
+    }
+}
+
+/// A target's server, started, with its connections open.
+struct Running {
+    target: Target,
+    child: ChildServer,
+    /// Its Prometheus listener (sekimori only).
+    metrics: Option<String>,
+    channels: Vec<(usize, Channel)>,
+    reloads: Option<(
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicU64>,
+    )>,
+}
+
+impl Running {
+    async fn open(
+        args: &Args,
+        target: Target,
+        addr: &str,
+        metrics: Option<String>,
+        child: ChildServer,
+        paths: &DevPaths,
+        streams: &[Stream],
+    ) -> anyhow::Result<Running> {
+        let mut channels = Vec::new();
+        for c in 0..args.connections.max(1) {
+            let stream = c % streams.len();
+            channels.push((stream, connect(addr, paths, &streams[stream].system).await?));
+        }
+        let reloads = match (args.reload_every, target) {
+            (Some(every), Target::Sekimori) => {
+                let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let task = tokio::spawn(hang_up_every(child.0.id(), every, Arc::clone(&sent)));
+                Some((task, sent))
+            }
+            _ => None,
+        };
+        Ok(Running {
+            target,
+            child,
+            metrics,
+            channels,
+            reloads,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Loads the server for `length` (or, with a budget, until that many calls), measuring.
+    async fn measure(
+        &self,
+        args: &Args,
+        streams: &Arc<Vec<Stream>>,
+        length: Duration,
+        budget: Option<u64>,
+    ) -> anyhow::Result<Measured> {
+        let log_before = match &self.metrics {
+            Some(m) => Some(LogFigures::parse(&scrape(m).await?)),
+            None => None,
+        };
+        let cpu_before = CpuTimes::take(self.pid());
+        let started = Instant::now();
+        let tally = drive(args, &self.channels, streams, length, budget).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = CpuTimes::take(self.pid()).since(&cpu_before);
+        let log = match (&self.metrics, log_before) {
+            (Some(m), Some(before)) => Some(LogFigures::parse(&scrape(m).await?).since(&before)),
+            _ => None,
+        };
+        Ok(Measured {
+            tally,
+            seconds,
+            cpu,
+            log,
+            cpu_while_other: None,
+        })
+    }
+
+    /// The summary of what was measured, with the server's memory; stops the server.
+    fn finish(self, measured: Measured) -> serde_json::Value {
+        let mut result = measured.summary();
+        if let Some((task, sent)) = &self.reloads {
+            task.abort();
+            result["reloads_requested"] =
+                serde_json::json!(sent.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        if let Some((rss, peak)) = memory_of(self.pid()) {
+            result["server_rss_mib"] = serde_json::json!(rss);
+            result["server_peak_rss_mib"] = serde_json::json!(peak);
+        }
+        result
+    }
+}
+
+/// `concurrency` callers over `channels`, each sending its next request when the last is
+/// answered, until `length` has passed (or `budget` calls are made between them).
+async fn drive(
+    args: &Args,
+    channels: &[(usize, Channel)],
+    streams: &Arc<Vec<Stream>>,
+    length: Duration,
+    budget: Option<u64>,
+) -> anyhow::Result<Tally> {
+    let per_task = budget.map(|n| n.div_ceil(args.concurrency.max(1) as u64));
+    let deadline = Instant::now() + length;
+    let mut tasks = Vec::new();
+    for t in 0..args.concurrency.max(1) {
+        let (stream, channel) = channels[t % channels.len()].clone();
+        let streams = Arc::clone(streams);
+        tasks.push(tokio::spawn(async move {
+            let mut client = AccessClient::new(channel);
+            let reqs = &streams[stream].requests;
+            let mut tally = Tally::default();
+            let mut i = t * 7919;
+            loop {
+                let done = match per_task {
+                    Some(n) => {
+                        tally.latencies_us.len() as u64 + tally.errors.values().sum::<u64>() >= n
+                    }
+                    None => Instant::now() >= deadline,
+                };
+                if done {
+                    break;
+                }
+                let req = reqs[i % reqs.len()].clone();
+                i += 1;
+                let t0 = Instant::now();
+                match client.check(req).await {
+                    Ok(resp) => {
+                        let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                        tally.latencies_us.push(us);
+                        if resp.into_inner().decision.is_some_and(|d| d.allow) {
+                            tally.allows += 1;
+                        }
+                    }
+                    Err(status) => {
+                        *tally
+                            .errors
+                            .entry(format!("{:?}", status.code()))
+                            .or_default() += 1;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = task.await?;
+        all.latencies_us.extend(t.latencies_us);
+        all.allows += t.allows;
+        for (k, v) in t.errors {
+            *all.errors.entry(k).or_default() += v;
         }
     }
-    Ok(result)
+    Ok(all)
+}
+
+/// An interleaved run's ratio with what sekimori did while the empty handler was measured
+/// (its indexer and checkpointer catching up after its slice) charged against it twice:
+/// as if that CPU had been spent in sekimori's own slices, slowing it in proportion, and
+/// as if the empty handler's slices had had it (they lost it to sekimori). Both assume the
+/// cores were saturated, so this errs low. `None` for a run that was not interleaved.
+fn charged_ratio(
+    ratio: f64,
+    sekimori: &serde_json::Value,
+    empty: &serde_json::Value,
+) -> Option<f64> {
+    let leaked_ms = sekimori["server_cpu_ms_while_other_measured"].as_f64()?;
+    let cpu_ms = |t: &serde_json::Value, who: &str| {
+        t["cpu_us_per_call"][who].as_f64().unwrap_or(0.0) * t["calls"].as_f64().unwrap_or(0.0)
+            / 1000.0
+    };
+    let own = cpu_ms(sekimori, "server");
+    let empty_slices = cpu_ms(empty, "server") + cpu_ms(empty, "load_tool");
+    if own <= 0.0 || empty_slices <= 0.0 {
+        return None;
+    }
+    Some(ratio * own / (own + leaked_ms) * empty_slices / (empty_slices + leaked_ms))
 }
 
 /// The body of `GET /metrics` from the server's Prometheus listener on loopback.
@@ -547,6 +750,26 @@ impl LogFigures {
             commit_seconds: self.commit_seconds - before.commit_seconds,
             commits: self.commits - before.commits,
             records: self.records - before.records,
+        }
+    }
+
+    /// Two stretches together (the slices of an interleaved run).
+    fn plus(&self, more: &LogFigures) -> LogFigures {
+        let theirs = |bound: f64| {
+            more.commit_buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0.0, |(_, n)| *n)
+        };
+        LogFigures {
+            commit_buckets: self
+                .commit_buckets
+                .iter()
+                .map(|&(b, n)| (b, n + theirs(b)))
+                .collect(),
+            commit_seconds: self.commit_seconds + more.commit_seconds,
+            commits: self.commits + more.commits,
+            records: self.records + more.records,
         }
     }
 
@@ -698,6 +921,15 @@ impl CpuTimes {
         }
     }
 
+    /// Adds another stretch's CPU (differences, from [`CpuTimes::since`]).
+    fn add(&mut self, more: &CpuTimes) {
+        self.server_total += more.server_total;
+        for (name, t) in &more.server {
+            *self.server.entry(name.clone()).or_default() += t;
+        }
+        self.load_tool += more.load_tool;
+    }
+
     /// Microseconds of CPU per call: the server's in total and by thread name, the load tool's.
     fn per_call(&self, calls: u64) -> serde_json::Value {
         let hz = rustix::param::clock_ticks_per_second() as f64;
@@ -788,6 +1020,9 @@ async fn wait_ready(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.interleave.is_some() && args.target != Target::Both {
+        bail!("--interleave compares the two targets: use it with --target both");
+    }
     let work = WorkDir::new()?;
     let data = work.path().join("data");
     let paths = DevPaths::new(&data);
@@ -809,6 +1044,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "concurrency": args.concurrency, "connections": args.connections,
             "duration_s": args.duration.as_secs_f64(), "requests": args.requests,
             "warmup_s": args.warmup.as_secs_f64(), "pinned": args.pin,
+            "interleave_s": args.interleave.map(|d| d.as_secs_f64()),
             "distinct_requests": streams.iter().map(|s| s.requests.len()).sum::<usize>(),
             "policies": args.policies.display().to_string(),
         }),
@@ -820,61 +1056,68 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ => &Target::Sekimori,
         }),
     };
-    for target in targets {
-        let port = free_port()?;
-        let addr = format!("127.0.0.1:{port}");
-        let metrics = format!("127.0.0.1:{}", free_port()?);
-        let log = work.path().join(format!("{target:?}.log"));
-        let argv: Vec<String> = match target {
-            Target::Empty => vec![
-                "--serve-empty".into(),
-                addr.clone(),
-                "--data".into(),
-                data.display().to_string(),
-            ],
-            _ => vec![
-                "serve".into(),
-                "--dev".into(),
-                "--data".into(),
-                data.display().to_string(),
-                "--policies".into(),
-                args.policies.display().to_string(),
-                "--listen".into(),
-                addr.clone(),
-                "--metrics".into(),
-                metrics.clone(),
-            ],
-        };
-        let program = if *target == Target::Empty {
-            &me
-        } else {
-            &server_bin
-        };
-        let mut child = spawn(&args, program, &argv, &log)?;
-        wait_ready(&addr, &paths, &streams[0], &mut child, &log).await?;
-        let hangups = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let reloads = match (args.reload_every, *target) {
-            (Some(every), Target::Sekimori) => Some(tokio::spawn(hang_up_every(
-                child.0.id(),
-                every,
-                Arc::clone(&hangups),
-            ))),
-            _ => None,
-        };
-        let metrics = (*target == Target::Sekimori).then_some(metrics.as_str());
-        let mut result = load(&args, &addr, &paths, &streams, child.0.id(), metrics).await?;
-        if let Some(task) = reloads {
-            task.abort();
-            result["reloads_requested"] =
-                serde_json::json!(hangups.load(std::sync::atomic::Ordering::Relaxed));
+    let launch = Launch {
+        args: &args,
+        work: work.path(),
+        data: &data,
+        empty_bin: &me,
+        server_bin: &server_bin,
+        paths: &paths,
+        streams: &streams,
+    };
+    let name = |t: Target| format!("{t:?}").to_lowercase();
+    match args.interleave {
+        None => {
+            // One target after the other, each measured for the whole duration.
+            for &target in targets {
+                let running = launch.start(target).await?;
+                let measured = running
+                    .measure(&args, &streams, args.duration, args.requests)
+                    .await?;
+                let result = running.finish(measured);
+                eprintln!("{}: {}", name(target), result);
+                summary.insert(name(target), result);
+            }
         }
-        if let Some((rss, peak)) = memory_of(child.0.id()) {
-            result["server_rss_mib"] = serde_json::json!(rss);
-            result["server_peak_rss_mib"] = serde_json::json!(peak);
+        Some(slice) => {
+            // Both servers up; the duration cut into slices that alternate between them,
+            // which goes first alternating too, so both see the host at the same times.
+            let mut running = Vec::new();
+            for &target in targets {
+                running.push(launch.start(target).await?);
+            }
+            let slices = args
+                .duration
+                .as_nanos()
+                .div_ceil(slice.as_nanos().max(1))
+                .max(1);
+            let length = args.duration / u32::try_from(slices).unwrap_or(u32::MAX);
+            let mut measured: Vec<Measured> = running.iter().map(|_| Measured::default()).collect();
+            let mut while_other = vec![0u64; running.len()];
+            for round in 0..slices {
+                for k in 0..running.len() {
+                    let i = if round % 2 == 0 {
+                        k
+                    } else {
+                        running.len() - 1 - k
+                    };
+                    let other = running.len() - 1 - i;
+                    let other_before = CpuTimes::take(running[other].pid());
+                    let m = running[i].measure(&args, &streams, length, None).await?;
+                    while_other[other] += CpuTimes::take(running[other].pid())
+                        .since(&other_before)
+                        .server_total;
+                    measured[i].add(m);
+                }
+            }
+            for ((run, mut m), idle) in running.into_iter().zip(measured).zip(while_other) {
+                m.cpu_while_other = Some(idle);
+                let target = run.target;
+                let result = run.finish(m);
+                eprintln!("{}: {}", name(target), result);
+                summary.insert(name(target), result);
+            }
         }
-        drop(child);
-        eprintln!("{}: {}", format!("{target:?}").to_lowercase(), result);
-        summary.insert(format!("{target:?}").to_lowercase(), result);
     }
     if let (Some(s), Some(e)) = (summary.get("sekimori"), summary.get("empty")) {
         let ratio = s["rps"].as_f64().unwrap_or(0.0) / e["rps"].as_f64().unwrap_or(f64::MAX);
@@ -885,7 +1128,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             (Some(sc), Some(ec)) if sc > 0.0 => Some(ec / sc),
             _ => None,
         };
+        let charged = charged_ratio(ratio, s, e);
         summary.insert("ratio_sekimori_to_empty".into(), serde_json::json!(ratio));
+        if let Some(charged) = charged {
+            summary.insert(
+                "ratio_charged_for_work_between_slices".into(),
+                serde_json::json!(charged),
+            );
+        }
         if let Some(r) = cpu_ratio {
             summary.insert(
                 "server_cpu_ratio_empty_to_sekimori".into(),
@@ -946,6 +1196,28 @@ sekimori_log_batch_records_count 500
         near("commit_p50_ms_at_most", 0.2);
         near("commit_p99_ms_at_most", 1.0);
         near("commits_over_1ms_share", 0.01);
+    }
+
+    #[test]
+    fn work_sekimori_did_between_its_slices_is_charged_against_it() {
+        // sekimori: 1,000 calls at 100 µs (100 ms), then 25 ms while the empty handler
+        // ran; the empty handler's slices: 2,000 calls at 30 µs of server and 20 µs of
+        // load-tool CPU (100 ms).
+        let sekimori = serde_json::json!({
+            "calls": 1000, "cpu_us_per_call": {"server": 100.0},
+            "server_cpu_ms_while_other_measured": 25.0,
+        });
+        let empty = serde_json::json!({
+            "calls": 2000, "cpu_us_per_call": {"server": 30.0, "load_tool": 20.0},
+        });
+        let charged = charged_ratio(0.5, &sekimori, &empty).unwrap();
+        assert!(
+            (charged - 0.5 * (100.0 / 125.0) * (100.0 / 125.0)).abs() < 1e-9,
+            "{charged}"
+        );
+        // A run one target after the other has nothing to charge.
+        let sequential = serde_json::json!({"calls": 1000, "cpu_us_per_call": {"server": 100.0}});
+        assert_eq!(charged_ratio(0.5, &sequential, &empty), None);
     }
 
     #[test]
