@@ -26,9 +26,9 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
             0.25, 1.0,
         ])
         .map_err(|e| e.to_string())?
-        // A commit is one fsync and little else: finer steps where disks differ (a local
-        // SSD's flush takes tens of µs, a virtual disk's a few hundred), so an operator can
-        // read the disk's cost off the histogram (docs/operations.md).
+        // A commit is mostly its fsync: finer steps where disks differ (a flush takes from
+        // tens of µs to milliseconds), so an operator can read the disk's cost off the
+        // histogram (docs/operations.md).
         .set_buckets_for_metric(
             Matcher::Full("sekimori_log_commit_seconds".into()),
             &[
