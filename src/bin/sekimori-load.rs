@@ -63,8 +63,9 @@ struct Args {
     warmup: Duration,
     /// Measure the two targets in alternating slices of this length (e.g. `1s`), both
     /// servers running throughout, instead of one after the other: a host whose speed drifts
-    /// then slows both alike. Needs `--target both`; not with `--requests`.
-    #[arg(long, value_parser = parse_duration, conflicts_with = "requests")]
+    /// then slows both alike. Needs `--target both`; not with `--requests`, nor with
+    /// `--reload-every` (a reload's CPU would fall into the empty handler's slices too).
+    #[arg(long, value_parser = parse_duration, conflicts_with_all = ["requests", "reload_every"])]
     interleave: Option<Duration>,
     /// Which servers to load.
     #[arg(long, value_enum, default_value = "both")]
@@ -1196,6 +1197,16 @@ sekimori_log_batch_records_count 500
         near("commit_p50_ms_at_most", 0.2);
         near("commit_p99_ms_at_most", 1.0);
         near("commits_over_1ms_share", 0.01);
+    }
+
+    #[test]
+    fn interleaving_refuses_a_call_budget_and_reloads() {
+        let parse = |extra: &[&str]| {
+            Args::try_parse_from(["sekimori-load", "--interleave", "1s"].iter().chain(extra))
+        };
+        assert!(parse(&[]).is_ok());
+        assert!(parse(&["--requests", "100"]).is_err());
+        assert!(parse(&["--reload-every", "3s"]).is_err());
     }
 
     #[test]
