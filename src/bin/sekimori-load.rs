@@ -350,6 +350,16 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
+impl Tally {
+    fn absorb(&mut self, more: Tally) {
+        self.latencies_us.extend(more.latencies_us);
+        self.allows += more.allows;
+        for (k, v) in more.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+}
+
 async fn connect(addr: &str, paths: &DevPaths, system: &str) -> anyhow::Result<Channel> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(paths.ca_cert())?))
@@ -380,11 +390,7 @@ struct Measured {
 
 impl Measured {
     fn add(&mut self, more: Measured) {
-        self.tally.latencies_us.extend(more.tally.latencies_us);
-        self.tally.allows += more.tally.allows;
-        for (k, v) in more.tally.errors {
-            *self.tally.errors.entry(k).or_default() += v;
-        }
+        self.tally.absorb(more.tally);
         self.seconds += more.seconds;
         self.cpu.add(&more.cpu);
         self.log = match (self.log.take(), more.log) {
@@ -636,12 +642,7 @@ async fn drive(
     }
     let mut all = Tally::default();
     for task in tasks {
-        let t = task.await?;
-        all.latencies_us.extend(t.latencies_us);
-        all.allows += t.allows;
-        for (k, v) in t.errors {
-            *all.errors.entry(k).or_default() += v;
-        }
+        all.absorb(task.await?);
     }
     Ok(all)
 }
@@ -735,43 +736,34 @@ impl LogFigures {
 
     /// What happened between `before` and `self`.
     fn since(&self, before: &LogFigures) -> LogFigures {
-        let earlier = |bound: f64| {
-            before
-                .commit_buckets
-                .iter()
-                .find(|(b, _)| *b == bound)
-                .map_or(0.0, |(_, n)| *n)
-        };
-        LogFigures {
-            commit_buckets: self
-                .commit_buckets
-                .iter()
-                .map(|&(b, n)| (b, n - earlier(b)))
-                .collect(),
-            commit_seconds: self.commit_seconds - before.commit_seconds,
-            commits: self.commits - before.commits,
-            records: self.records - before.records,
-        }
+        self.combined(before, -1.0)
     }
 
     /// Two stretches together (the slices of an interleaved run).
     fn plus(&self, more: &LogFigures) -> LogFigures {
-        let theirs = |bound: f64| {
-            more.commit_buckets
-                .iter()
-                .find(|(b, _)| *b == bound)
-                .map_or(0.0, |(_, n)| *n)
-        };
+        self.combined(more, 1.0)
+    }
+
+    /// `self + sign × other`, bucket by bucket (on `self`'s bounds).
+    fn combined(&self, other: &LogFigures, sign: f64) -> LogFigures {
         LogFigures {
             commit_buckets: self
                 .commit_buckets
                 .iter()
-                .map(|&(b, n)| (b, n + theirs(b)))
+                .map(|&(b, n)| (b, n + sign * other.within(b).unwrap_or(0.0)))
                 .collect(),
-            commit_seconds: self.commit_seconds + more.commit_seconds,
-            commits: self.commits + more.commits,
-            records: self.records + more.records,
+            commit_seconds: self.commit_seconds + sign * other.commit_seconds,
+            commits: self.commits + sign * other.commits,
+            records: self.records + sign * other.records,
         }
+    }
+
+    /// Commits at most `bound` seconds long, if the histogram has that bound.
+    fn within(&self, bound: f64) -> Option<f64> {
+        self.commit_buckets
+            .iter()
+            .find(|(b, _)| *b == bound)
+            .map(|(_, n)| *n)
     }
 
     /// The smallest bucket bound that at least `share` of the commits stayed within, in ms.
@@ -791,11 +783,7 @@ impl LogFigures {
                 0.0
             }
         };
-        let within_1ms = self
-            .commit_buckets
-            .iter()
-            .find(|(b, _)| *b == 0.001)
-            .map(|(_, n)| *n);
+        let within_1ms = self.within(0.001);
         serde_json::json!({
             "commits_per_s": self.commits / seconds.max(f64::MIN_POSITIVE),
             "records_per_commit": per_commit(self.records),
@@ -1197,6 +1185,40 @@ sekimori_log_batch_records_count 500
         near("commit_p50_ms_at_most", 0.2);
         near("commit_p99_ms_at_most", 1.0);
         near("commits_over_1ms_share", 0.01);
+    }
+
+    #[test]
+    fn a_scrape_takes_only_a_200_answer() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // A one-shot HTTP server on loopback answering `answer` to one request.
+            let serve = |answer: &'static str| async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap().to_string();
+                tokio::spawn(async move {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    s.write_all(answer.as_bytes()).await.unwrap();
+                });
+                addr
+            };
+            let ok = serve("HTTP/1.1 200 OK\r\n\r\nsekimori_log_commit_seconds_count 3\n").await;
+            assert_eq!(LogFigures::parse(&scrape(&ok).await.unwrap()).commits, 3.0);
+            let failing = serve("HTTP/1.1 500 Internal Server Error\r\n\r\noops").await;
+            assert!(scrape(&failing).await.is_err());
+            let garbage = serve("not http at all").await;
+            assert!(scrape(&garbage).await.is_err());
+            // Nothing listening: the port of a listener just closed.
+            let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = closed.local_addr().unwrap().to_string();
+            drop(closed);
+            assert!(scrape(&addr).await.is_err());
+        });
     }
 
     #[test]
