@@ -2,15 +2,16 @@
 # A seconds-long run of the load tool (sekimori-load) so it cannot rot: both targets
 # (sekimori serve --dev with its durable log, and the empty tonic handler) must answer
 # every call, and the summary must carry the ratio, the CPU per call and what sekimori's
-# log did (commits, records per commit, commit time, read from its metrics). Once unpinned,
-# once pinned to cores, once with the two targets in alternating slices.
+# log did (commits, records per commit, commit time, read from its metrics). Once unpinned
+# with the durable empty handler as a third target (the fsync floor), once pinned to cores,
+# once with the two targets in alternating slices.
 # Debug build: the figures are not benchmarks (BENCHMARKS.md has those, in release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bins
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for mode in "" "--pin" "--interleave 500ms"; do
+for mode in "--target all" "--pin" "--interleave 500ms"; do
   target/debug/sekimori-load --duration 2s --warmup 500ms --concurrency 8 --connections 2 $mode \
     --json "$work/load.json" > /dev/null
   python3 - "$work/load.json" "$mode" <<'PY'
@@ -32,6 +33,15 @@ if sys.argv[2].startswith("--interleave"):
     assert 0 < s["ratio_charged_for_work_between_slices"] <= s["ratio_sekimori_to_empty"], s
 else:
     assert "ratio_charged_for_work_between_slices" not in s, s
+if sys.argv[2] == "--target all":
+    floor = s["durable_empty"]
+    assert floor["ok"] > 0 and not floor["errors"], floor
+    assert "durable-writer" in floor["cpu_us_per_call"]["server_threads"], floor
+    assert s["ratio_durable_empty_to_empty"] > 0 and s["ratio_sekimori_to_durable_empty"] > 0, s
+    print(f"load smoke: the durable empty handler {floor['rps']:.0f}/s, "
+          f"{s['ratio_durable_empty_to_empty']:.2f} of the empty handler's rate")
+else:
+    assert "durable_empty" not in s and "ratio_durable_empty_to_empty" not in s, s
 print(f"load smoke {sys.argv[2] or 'unpinned'}: empty {s['empty']['rps']:.0f}/s, sekimori {s['sekimori']['rps']:.0f}/s "
       f"(p99 {s['sekimori']['p99_ms']:.1f} ms), ratio {s['ratio_sekimori_to_empty']:.2f}, "
       f"server CPU per call {s['empty']['cpu_us_per_call']['server']:.0f} / {s['sekimori']['cpu_us_per_call']['server']:.0f} µs, "

@@ -22,6 +22,13 @@
 //! between its slices (its indexer catching up) is reported, and charged against it in a
 //! second, conservative ratio.
 //!
+//! `--target all` adds a third server between the two: the empty handler again, but making a
+//! record of each call durable before it answers (the request and the answer, appended to a
+//! file by one writer thread in group commits, each group `fdatasync`ed). Nothing that must
+//! not answer before its record is on disk can be faster on the same host, so its rate over
+//! the empty handler's is the floor under the ratio SPEC §11 asks of sekimori: what this
+//! machine's disk leaves of the empty handler's rate once every answer waits for an fsync.
+//!
 //! Build both binaries, then run: `cargo build --release --bins && target/release/sekimori-load`.
 
 use anyhow::{Context, bail};
@@ -92,13 +99,35 @@ struct Args {
     serve_empty: Option<String>,
     #[arg(long, hide = true)]
     data: Option<PathBuf>,
+    /// With `--serve-empty`: make a record of each call durable in this file before
+    /// answering (used by the tool itself for `--target all`).
+    #[arg(long, hide = true, requires = "serve_empty")]
+    durable_log: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
+    /// The empty handler, then sekimori.
     Both,
+    /// The empty handler, the durable empty handler, then sekimori.
+    All,
     Sekimori,
     Empty,
+    /// The empty handler making a record of each call durable before it answers.
+    DurableEmpty,
+}
+
+impl Target {
+    /// Its key in the JSON summary.
+    fn key(self) -> &'static str {
+        match self {
+            Target::Both => "both",
+            Target::All => "all",
+            Target::Sekimori => "sekimori",
+            Target::Empty => "empty",
+            Target::DurableEmpty => "durable_empty",
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -133,7 +162,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     if let Some(addr) = &args.serve_empty {
         let data = args.data.clone().context("--serve-empty needs --data")?;
-        return rt.block_on(serve_empty(addr, &data));
+        let durable = match &args.durable_log {
+            Some(path) => Some(DurableLog::open(path)?),
+            None => None,
+        };
+        return rt.block_on(serve_empty(addr, &data, durable));
     }
     rt.block_on(run(args))
 }
@@ -143,15 +176,27 @@ fn main() -> anyhow::Result<()> {
 
 struct Empty {
     response: CheckResponse,
+    /// Where each call's record is made durable before the answer (the durable empty
+    /// handler), if anywhere.
+    durable: Option<DurableLog>,
 }
 
 #[tonic::async_trait]
 impl Access for Empty {
     async fn check(
         &self,
-        _request: tonic::Request<CheckRequest>,
+        request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.response.clone()))
+        let response = self.response.clone();
+        if let Some(log) = &self.durable {
+            use prost::Message;
+            let mut record = request.into_inner().encode_to_vec();
+            response.encode(&mut record).map_err(|_| {
+                tonic::Status::internal("the durable empty handler could not encode")
+            })?;
+            log.append(record).await?;
+        }
+        Ok(tonic::Response::new(response))
     }
 
     async fn batch_check(
@@ -193,7 +238,85 @@ fn typical_response() -> CheckResponse {
     }
 }
 
-async fn serve_empty(addr: &str, data: &Path) -> anyhow::Result<()> {
+/// The durable empty handler's log: one writer thread appends each group of waiting
+/// records with one write and one `fdatasync`, then answers the group. The file is
+/// preallocated and rewritten from its start when full, as SQLite reuses its WAL, so a
+/// commit never grows it (growing a file costs an fsync more here).
+#[derive(Clone)]
+struct DurableLog {
+    queue: std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>,
+}
+
+/// How large the durable empty handler's file is before it wraps (SQLite's log restarts its
+/// WAL at about this size under load).
+const DURABLE_LOG_BYTES: u64 = 16 << 20;
+
+impl DurableLog {
+    fn open(path: &Path) -> anyhow::Result<DurableLog> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..DURABLE_LOG_BYTES >> 20 {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        let (queue, waiting) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("durable-writer".into())
+            .spawn(move || write_groups(&file, &waiting))?;
+        Ok(DurableLog { queue })
+    }
+
+    /// Returns once `record` is on disk; `UNAVAILABLE` if it could not be made so.
+    async fn append(&self, record: Vec<u8>) -> Result<(), tonic::Status> {
+        let unavailable = || tonic::Status::unavailable("the durable empty handler's log failed");
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.queue.send((record, done)).map_err(|_| unavailable())?;
+        match written.await {
+            Ok(true) => Ok(()),
+            _ => Err(unavailable()),
+        }
+    }
+}
+
+/// The durable empty handler's writer: every record waiting when a commit starts joins it.
+/// After a failed write or sync it answers `false` to everything, as a log must (a later
+/// group could be durable on top of a lost one).
+fn write_groups(
+    file: &std::fs::File,
+    waiting: &std::sync::mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<bool>)>,
+) {
+    use std::os::unix::fs::FileExt;
+    let mut offset = 0u64;
+    let mut healthy = true;
+    let mut group = Vec::new();
+    let mut bytes = Vec::new();
+    while let Ok(first) = waiting.recv() {
+        group.push(first);
+        group.extend(waiting.try_iter());
+        bytes.clear();
+        for (record, _) in &group {
+            bytes.extend_from_slice(&(record.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(record);
+        }
+        if offset + bytes.len() as u64 > DURABLE_LOG_BYTES {
+            offset = 0;
+        }
+        healthy = healthy && file.write_all_at(&bytes, offset).is_ok() && file.sync_data().is_ok();
+        offset += bytes.len() as u64;
+        for (_, done) in group.drain(..) {
+            let _ = done.send(healthy);
+        }
+    }
+}
+
+async fn serve_empty(addr: &str, data: &Path, durable: Option<DurableLog>) -> anyhow::Result<()> {
     let paths = DevPaths::new(data);
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
@@ -203,6 +326,7 @@ async fn serve_empty(addr: &str, data: &Path) -> anyhow::Result<()> {
         .client_ca_root(Certificate::from_pem(std::fs::read(paths.ca_cert())?));
     let service = AccessServer::new(Empty {
         response: typical_response(),
+        durable,
     });
     Server::builder()
         .tls_config(tls)?
@@ -452,12 +576,23 @@ impl Launch<'_> {
         let args = self.args;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
-        let log = self.work.join(format!("{target:?}.log"));
+        let log = self.work.join(format!("{}.log", target.key()));
         let data = self.data.display().to_string();
         let (program, argv): (&Path, Vec<String>) = match target {
             Target::Empty => (
                 self.empty_bin,
                 vec!["--serve-empty".into(), addr.clone(), "--data".into(), data],
+            ),
+            Target::DurableEmpty => (
+                self.empty_bin,
+                vec![
+                    "--serve-empty".into(),
+                    addr.clone(),
+                    "--data".into(),
+                    data,
+                    "--durable-log".into(),
+                    self.work.join("durable-empty.bin").display().to_string(),
+                ],
             ),
             _ => (
                 self.server_bin,
@@ -668,6 +803,30 @@ fn charged_ratio(
         return None;
     }
     Some(ratio * own / (own + leaked_ms) * empty_slices / (empty_slices + leaked_ms))
+}
+
+/// With the durable empty handler measured: what the empty handler keeps of its rate once
+/// each answer waits for an fsync (the floor), and how near sekimori comes to that floor.
+fn add_floor_ratios(summary: &mut serde_json::Map<String, serde_json::Value>) {
+    let rps = |key: &str| {
+        summary
+            .get(key)
+            .and_then(|t| t["rps"].as_f64())
+            .filter(|r| *r > 0.0)
+    };
+    let (floor, empty, sekimori) = (rps("durable_empty"), rps("empty"), rps("sekimori"));
+    if let (Some(floor), Some(empty)) = (floor, empty) {
+        summary.insert(
+            "ratio_durable_empty_to_empty".into(),
+            serde_json::json!(floor / empty),
+        );
+    }
+    if let (Some(floor), Some(sekimori)) = (floor, sekimori) {
+        summary.insert(
+            "ratio_sekimori_to_durable_empty".into(),
+            serde_json::json!(sekimori / floor),
+        );
+    }
 }
 
 /// The body of `GET /metrics` from the server's Prometheus listener on loopback.
@@ -1040,10 +1199,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let targets: &[Target] = match args.target {
         Target::Both => &[Target::Empty, Target::Sekimori],
-        t => std::slice::from_ref(match t {
-            Target::Empty => &Target::Empty,
-            _ => &Target::Sekimori,
-        }),
+        Target::All => &[Target::Empty, Target::DurableEmpty, Target::Sekimori],
+        Target::Empty => &[Target::Empty],
+        Target::DurableEmpty => &[Target::DurableEmpty],
+        Target::Sekimori => &[Target::Sekimori],
     };
     let launch = Launch {
         args: &args,
@@ -1054,7 +1213,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         paths: &paths,
         streams: &streams,
     };
-    let name = |t: Target| format!("{t:?}").to_lowercase();
     match args.interleave {
         None => {
             // One target after the other, each measured for the whole duration.
@@ -1064,8 +1222,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .measure(&args, &streams, args.duration, args.requests)
                     .await?;
                 let result = running.finish(measured);
-                eprintln!("{}: {}", name(target), result);
-                summary.insert(name(target), result);
+                eprintln!("{}: {}", target.key(), result);
+                summary.insert(target.key().into(), result);
             }
         }
         Some(slice) => {
@@ -1103,8 +1261,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 m.cpu_while_other = Some(idle);
                 let target = run.target;
                 let result = run.finish(m);
-                eprintln!("{}: {}", name(target), result);
-                summary.insert(name(target), result);
+                eprintln!("{}: {}", target.key(), result);
+                summary.insert(target.key().into(), result);
             }
         }
     }
@@ -1132,6 +1290,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    add_floor_ratios(&mut summary);
     let text = serde_json::to_string_pretty(&serde_json::Value::Object(summary))?;
     println!("{text}");
     if let Some(path) = &args.json {
@@ -1229,6 +1388,44 @@ sekimori_log_batch_records_count 500
         assert!(parse(&[]).is_ok());
         assert!(parse(&["--requests", "100"]).is_err());
         assert!(parse(&["--reload-every", "3s"]).is_err());
+    }
+
+    #[test]
+    fn the_durable_empty_handler_is_a_target_of_its_own_and_its_log_is_internal() {
+        let parse = |args: &[&str]| Args::try_parse_from(["sekimori-load"].iter().chain(args));
+        assert_eq!(parse(&["--target", "all"]).unwrap().target, Target::All);
+        assert_eq!(
+            parse(&["--target", "durable-empty"]).unwrap().target,
+            Target::DurableEmpty
+        );
+        // The file is the tool's own business: only with `--serve-empty`.
+        assert!(parse(&["--durable-log", "x.bin"]).is_err());
+    }
+
+    #[test]
+    fn the_floor_ratios_need_the_durable_empty_handler_and_a_rate() {
+        let target = |rps: f64| serde_json::json!({ "rps": rps });
+        let mut all = serde_json::Map::new();
+        all.insert("empty".into(), target(40_000.0));
+        all.insert("durable_empty".into(), target(24_000.0));
+        all.insert("sekimori".into(), target(18_000.0));
+        add_floor_ratios(&mut all);
+        assert_eq!(all["ratio_durable_empty_to_empty"], serde_json::json!(0.6));
+        assert_eq!(
+            all["ratio_sekimori_to_durable_empty"],
+            serde_json::json!(0.75)
+        );
+        // Without the floor, or with a floor that answered nothing: no ratio to it.
+        let mut both = serde_json::Map::new();
+        both.insert("empty".into(), target(40_000.0));
+        both.insert("sekimori".into(), target(18_000.0));
+        let mut failed = both.clone();
+        failed.insert("durable_empty".into(), target(0.0));
+        for mut summary in [both, failed] {
+            add_floor_ratios(&mut summary);
+            assert!(!summary.contains_key("ratio_durable_empty_to_empty"));
+            assert!(!summary.contains_key("ratio_sekimori_to_durable_empty"));
+        }
     }
 
     #[test]
@@ -1343,5 +1540,91 @@ sekimori_log_batch_records_count 500
         // Found thread by thread as well.
         assert!(!spent.server.is_empty());
         assert!(CpuTimes::take(u32::MAX).server.is_empty());
+    }
+
+    /// The records of a durable empty handler's file from `offset`, as the writer framed
+    /// them (a little-endian length, then the bytes), up to the first zero length.
+    fn framed_records(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut records = Vec::new();
+        let mut at = 0;
+        while at + 4 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            if len == 0 {
+                break;
+            }
+            records.push(bytes[at + 4..at + 4 + len].to_vec());
+            at += 4 + len;
+        }
+        records
+    }
+
+    #[tokio::test]
+    async fn the_durable_empty_handler_answers_once_its_records_are_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durable.bin");
+        let log = DurableLog::open(&path).unwrap();
+        let (a, b, c) = tokio::join!(
+            log.append(b"first".to_vec()),
+            log.append(b"second".to_vec()),
+            log.append(b"third".to_vec())
+        );
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        let bytes = std::fs::read(&path).unwrap();
+        // Preallocated, and not grown by the commits.
+        assert_eq!(bytes.len() as u64, DURABLE_LOG_BYTES);
+        let mut records = framed_records(&bytes);
+        records.sort();
+        assert_eq!(
+            records,
+            [b"first".to_vec(), b"second".to_vec(), b"third".to_vec()]
+        );
+    }
+
+    /// Runs the writer over `file` on its own thread, sends each record after the last was
+    /// answered (one group each), and returns the answers.
+    fn write_one_by_one(file: std::fs::File, records: Vec<Vec<u8>>) -> Vec<bool> {
+        let (queue, waiting) = std::sync::mpsc::channel();
+        let writer = std::thread::spawn(move || write_groups(&file, &waiting));
+        let answers = records
+            .into_iter()
+            .map(|record| {
+                let (done, written) = tokio::sync::oneshot::channel();
+                queue.send((record, done)).unwrap();
+                written.blocking_recv().unwrap()
+            })
+            .collect();
+        drop(queue);
+        writer.join().unwrap();
+        answers
+    }
+
+    #[test]
+    fn the_durable_empty_handler_rewrites_its_file_from_the_start_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durable.bin");
+        drop(DurableLog::open(&path).unwrap());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let big = (DURABLE_LOG_BYTES as usize) * 5 / 8;
+        let answers = write_one_by_one(file, vec![vec![0xaa; big], vec![0xbb; big]]);
+        assert_eq!(answers, [true, true]);
+        let bytes = std::fs::read(&path).unwrap();
+        // The second record did not fit after the first: it went to the start, over it.
+        assert_eq!(bytes.len() as u64, DURABLE_LOG_BYTES);
+        assert_eq!(framed_records(&bytes[..big + 4]), [vec![0xbb; big]]);
+    }
+
+    #[test]
+    fn the_durable_empty_handler_refuses_a_call_whose_record_it_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durable.bin");
+        std::fs::write(&path, b"").unwrap();
+        // Opened for reading only: every write fails, as on a disk gone read-only.
+        let file = std::fs::File::open(&path).unwrap();
+        let answers = write_one_by_one(file, vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(answers, [false, false]);
     }
 }
