@@ -24,10 +24,10 @@
 //!
 //! `--target all` adds a third server between the two: the empty handler again, but making a
 //! record of each call durable before it answers (the request and the answer, appended to a
-//! file by one writer thread in group commits, each group `fdatasync`ed). Nothing that must
-//! not answer before its record is on disk can be faster on the same host, so its rate over
-//! the empty handler's is the floor under the ratio SPEC §11 asks of sekimori: what this
-//! machine's disk leaves of the empty handler's rate once every answer waits for an fsync.
+//! file by one writer thread in group commits, each group `fdatasync`ed). It does nothing
+//! else, so its rate over the empty handler's shows what this machine's disk leaves of the
+//! empty handler's rate once every answer waits for an fsync: the floor under the ratio
+//! SPEC §11 asks of sekimori, which must wait for the same.
 //!
 //! Build both binaries, then run: `cargo build --release --bins && target/release/sekimori-load`.
 
