@@ -105,6 +105,7 @@ struct Args {
     durable_log: Option<PathBuf>,
 }
 
+/// Which servers a run loads (`--target`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     /// The empty handler, then sekimori.
@@ -118,14 +119,37 @@ enum Target {
 }
 
 impl Target {
+    /// The servers it loads, in the order they are measured.
+    fn servers(self) -> &'static [ServerKind] {
+        match self {
+            Target::Both => &[ServerKind::Empty, ServerKind::Sekimori],
+            Target::All => &[
+                ServerKind::Empty,
+                ServerKind::DurableEmpty,
+                ServerKind::Sekimori,
+            ],
+            Target::Sekimori => &[ServerKind::Sekimori],
+            Target::Empty => &[ServerKind::Empty],
+            Target::DurableEmpty => &[ServerKind::DurableEmpty],
+        }
+    }
+}
+
+/// One server the tool starts and loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerKind {
+    Empty,
+    DurableEmpty,
+    Sekimori,
+}
+
+impl ServerKind {
     /// Its key in the JSON summary.
     fn key(self) -> &'static str {
         match self {
-            Target::Both => "both",
-            Target::All => "all",
-            Target::Sekimori => "sekimori",
-            Target::Empty => "empty",
-            Target::DurableEmpty => "durable_empty",
+            ServerKind::Empty => "empty",
+            ServerKind::DurableEmpty => "durable_empty",
+            ServerKind::Sekimori => "sekimori",
         }
     }
 }
@@ -570,37 +594,37 @@ struct Launch<'a> {
 }
 
 impl Launch<'_> {
-    /// Starts `target`'s server, waits until it answers, opens the connections and sends
-    /// the warm-up load.
-    async fn start(&self, target: Target) -> anyhow::Result<Running> {
+    /// Starts `target`, waits until it answers, opens the connections and sends the
+    /// warm-up load.
+    async fn start(&self, target: ServerKind) -> anyhow::Result<Running> {
         let args = self.args;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
         let log = self.work.join(format!("{}.log", target.key()));
         let data = self.data.display().to_string();
+        let empty = || {
+            vec![
+                "--serve-empty".into(),
+                addr.clone(),
+                "--data".into(),
+                data.clone(),
+            ]
+        };
         let (program, argv): (&Path, Vec<String>) = match target {
-            Target::Empty => (
-                self.empty_bin,
-                vec!["--serve-empty".into(), addr.clone(), "--data".into(), data],
-            ),
-            Target::DurableEmpty => (
-                self.empty_bin,
-                vec![
-                    "--serve-empty".into(),
-                    addr.clone(),
-                    "--data".into(),
-                    data,
-                    "--durable-log".into(),
-                    self.work.join("durable-empty.bin").display().to_string(),
-                ],
-            ),
-            _ => (
+            ServerKind::Empty => (self.empty_bin, empty()),
+            ServerKind::DurableEmpty => {
+                let file = self.work.join("durable-empty.bin");
+                let mut argv = empty();
+                argv.extend(["--durable-log".into(), file.display().to_string()]);
+                (self.empty_bin, argv)
+            }
+            ServerKind::Sekimori => (
                 self.server_bin,
                 vec![
                     "serve".into(),
                     "--dev".into(),
                     "--data".into(),
-                    data,
+                    data.clone(),
                     "--policies".into(),
                     args.policies.display().to_string(),
                     "--listen".into(),
@@ -612,7 +636,7 @@ impl Launch<'_> {
         };
         let mut child = spawn(args, program, &argv, &log)?;
         wait_ready(&addr, self.paths, &self.streams[0], &mut child, &log).await?;
-        let metrics = (target == Target::Sekimori).then_some(metrics);
+        let metrics = (target == ServerKind::Sekimori).then_some(metrics);
         let running = Running::open(
             args,
             target,
@@ -628,9 +652,9 @@ impl Launch<'_> {
     }
 }
 
-/// A target's server, started, with its connections open.
+/// A server, started, with its connections open.
 struct Running {
-    target: Target,
+    target: ServerKind,
     child: ChildServer,
     /// Its Prometheus listener (sekimori only).
     metrics: Option<String>,
@@ -644,7 +668,7 @@ struct Running {
 impl Running {
     async fn open(
         args: &Args,
-        target: Target,
+        target: ServerKind,
         addr: &str,
         metrics: Option<String>,
         child: ChildServer,
@@ -657,7 +681,7 @@ impl Running {
             channels.push((stream, connect(addr, paths, &streams[stream].system).await?));
         }
         let reloads = match (args.reload_every, target) {
-            (Some(every), Target::Sekimori) => {
+            (Some(every), ServerKind::Sekimori) => {
                 let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let task = tokio::spawn(hang_up_every(child.0.id(), every, Arc::clone(&sent)));
                 Some((task, sent))
@@ -1197,13 +1221,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "policies": args.policies.display().to_string(),
         }),
     );
-    let targets: &[Target] = match args.target {
-        Target::Both => &[Target::Empty, Target::Sekimori],
-        Target::All => &[Target::Empty, Target::DurableEmpty, Target::Sekimori],
-        Target::Empty => &[Target::Empty],
-        Target::DurableEmpty => &[Target::DurableEmpty],
-        Target::Sekimori => &[Target::Sekimori],
-    };
+    let targets = args.target.servers();
     let launch = Launch {
         args: &args,
         work: work.path(),
@@ -1394,6 +1412,15 @@ sekimori_log_batch_records_count 500
     fn the_durable_empty_handler_is_a_target_of_its_own_and_its_log_is_internal() {
         let parse = |args: &[&str]| Args::try_parse_from(["sekimori-load"].iter().chain(args));
         assert_eq!(parse(&["--target", "all"]).unwrap().target, Target::All);
+        // Measured between the two it is the floor for.
+        assert_eq!(
+            Target::All.servers(),
+            [
+                ServerKind::Empty,
+                ServerKind::DurableEmpty,
+                ServerKind::Sekimori
+            ]
+        );
         assert_eq!(
             parse(&["--target", "durable-empty"]).unwrap().target,
             Target::DurableEmpty
@@ -1542,7 +1569,7 @@ sekimori_log_batch_records_count 500
         assert!(CpuTimes::take(u32::MAX).server.is_empty());
     }
 
-    /// The records of a durable empty handler's file from `offset`, as the writer framed
+    /// The records at the start of a durable empty handler's file, as the writer framed
     /// them (a little-endian length, then the bytes), up to the first zero length.
     fn framed_records(bytes: &[u8]) -> Vec<Vec<u8>> {
         let mut records = Vec::new();
