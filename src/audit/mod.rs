@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod checkpoint;
+pub mod postings;
 pub mod query;
 pub mod record;
 pub mod store;
