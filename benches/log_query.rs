@@ -138,25 +138,22 @@ fn main() {
                 .len()
         },
     );
-    time(
-        "query decision=deny (no index of its own) in one month, oldest 100",
-        &mut || {
-            store
-                .query(
-                    &Filter {
-                        decision: Some("deny".into()),
-                        from_us: Some(t0 + 5 * month),
-                        until_us: Some(t0 + 6 * month),
-                        ..Filter::default()
-                    },
-                    None,
-                    true,
-                    100,
-                )
-                .unwrap()
-                .len()
-        },
-    );
+    time("query decision=deny in one month, oldest 100", &mut || {
+        store
+            .query(
+                &Filter {
+                    decision: Some("deny".into()),
+                    from_us: Some(t0 + 5 * month),
+                    until_us: Some(t0 + 6 * month),
+                    ..Filter::default()
+                },
+                None,
+                true,
+                100,
+            )
+            .unwrap()
+            .len()
+    });
     time("get one record by id", &mut || {
         usize::from(store.get(&ids[ids.len() / 2]).unwrap().is_some())
     });

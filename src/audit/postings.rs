@@ -6,20 +6,20 @@
 //! 2.4–3 ms off `Check`'s p99 in BENCHMARKS.md (eleventh round).
 //!
 //! This module is the format and the arithmetic of that index — building a batch, its
-//! encoding, intersecting postings, paging in time order across batches — with no storage.
-//! The store does not use it yet (issue 6): its queries, summaries, retention and
-//! `audit verify --index` still read the per-record index.
+//! encoding, intersecting postings, paging in time order across batches — with no
+//! storage: `store` keeps the batches in SQLite, `query` and `verify` read them.
 //!
 //! A batch covers consecutive sequence numbers (the log has no gaps), so a record is named
 //! within its batch by its offset from the batch's first sequence number. Offsets in a
 //! posting list are increasing and stored as varint deltas; times as zigzag varint deltas
 //! (records are in commit order, and a clock step may move time backwards).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The columns with postings, in the order [`BatchBuilder::push`] takes their values: every
-/// filter of an auditor's query, and the record id (a single record by id).
-pub const COLUMNS: [&str; 11] = [
+/// filter of an auditor's query. Record ids, unique, are not postings (one row each would
+/// double the rows of a batch) but a hash per record ([`id_hash`]).
+pub const COLUMNS: [&str; 10] = [
     "sub",
     "section",
     "system",
@@ -30,7 +30,6 @@ pub const COLUMNS: [&str; 11] = [
     "tier",
     "policy_version",
     "kind",
-    "id",
 ];
 
 /// The key of a value's postings: the column, `=`, the value. Column names hold no `=`, so
@@ -62,12 +61,46 @@ pub struct Batch {
     pub times: Vec<i64>,
     /// Each (column, value) key's offsets, increasing.
     pub postings: BTreeMap<String, Vec<u32>>,
+    /// Each record's [`id_hash`], by offset.
+    pub id_hashes: Vec<u32>,
+}
+
+/// A record id's 32-bit FNV-1a hash: a lookup by id reads a batch's hashes and then only
+/// the records whose hash matches (rarely more than the one). FNV-1a is fixed by its
+/// definition, so stored hashes never change meaning.
+pub fn id_hash(id: &str) -> u32 {
+    id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Id hashes as little-endian `u32`s.
+pub fn encode_id_hashes(hashes: &[u32]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.to_le_bytes()).collect()
+}
+
+/// The inverse of [`encode_id_hashes`].
+pub fn decode_id_hashes(bytes: &[u8]) -> Result<Vec<u32>, PostingsError> {
+    if bytes.len() % 4 != 0 {
+        return Err(PostingsError::Malformed);
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 /// Builds a batch from records in sequence order.
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
-    batch: Option<Batch>,
+    first_seq: u64,
+    times: Vec<i64>,
+    id_hashes: Vec<u32>,
+    /// Hashed while building (most values recur: a lookup, no allocation), sorted once at
+    /// the end.
+    postings: HashMap<String, Vec<u32>, foldhash::fast::RandomState>,
+    /// The key being looked up, reused.
+    key: String,
 }
 
 impl BatchBuilder {
@@ -75,36 +108,38 @@ impl BatchBuilder {
         BatchBuilder::default()
     }
 
-    /// Adds the next record: its values in [`COLUMNS`] order (`None` where it has none,
-    /// which no filter matches).
+    /// Adds the next record: its id and its values in [`COLUMNS`] order (`None` where it
+    /// has none, which no filter matches).
     pub fn push(
         &mut self,
         seq: u64,
         time_us: i64,
+        id: &str,
         values: [Option<&str>; COLUMNS.len()],
     ) -> Result<(), PostingsError> {
-        let batch = self.batch.get_or_insert_with(|| Batch {
-            first_seq: seq,
-            times: Vec::new(),
-            postings: BTreeMap::new(),
-        });
-        let expected = batch.first_seq + batch.times.len() as u64;
+        if self.times.is_empty() {
+            self.first_seq = seq;
+        }
+        let expected = self.first_seq + self.times.len() as u64;
         if seq != expected {
             return Err(PostingsError::NotConsecutive {
                 after: expected.wrapping_sub(1),
                 got: seq,
             });
         }
-        let offset = u32::try_from(batch.times.len()).map_err(|_| PostingsError::TooLarge)?;
-        batch.times.push(time_us);
+        let offset = u32::try_from(self.times.len()).map_err(|_| PostingsError::TooLarge)?;
+        self.times.push(time_us);
+        self.id_hashes.push(id_hash(id));
         for (column, value) in COLUMNS.iter().zip(values) {
             if let Some(v) = value {
-                // Most values repeat within a batch: look the key up before building one.
-                let k = key(column, v);
-                match batch.postings.get_mut(&k) {
+                self.key.clear();
+                self.key.push_str(column);
+                self.key.push('=');
+                self.key.push_str(v);
+                match self.postings.get_mut(self.key.as_str()) {
                     Some(list) => list.push(offset),
                     None => {
-                        batch.postings.insert(k, vec![offset]);
+                        self.postings.insert(self.key.clone(), vec![offset]);
                     }
                 }
             }
@@ -114,7 +149,17 @@ impl BatchBuilder {
 
     /// The batch, or `None` when no record was pushed.
     pub fn finish(self) -> Option<Batch> {
-        self.batch
+        if self.times.is_empty() {
+            return None;
+        }
+        let mut postings: Vec<(String, Vec<u32>)> = self.postings.into_iter().collect();
+        postings.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(Batch {
+            first_seq: self.first_seq,
+            times: self.times,
+            postings: postings.into_iter().collect(),
+            id_hashes: self.id_hashes,
+        })
     }
 }
 
@@ -298,32 +343,28 @@ impl Page {
 mod tests {
     use super::*;
 
-    /// A record's values with only a subject, a decision and an id.
-    fn values<'a>(
-        sub: &'a str,
-        decision: &'a str,
-        id: &'a str,
-    ) -> [Option<&'a str>; COLUMNS.len()] {
+    /// A record's values with only a subject and a decision.
+    fn values<'a>(sub: &'a str, decision: &'a str) -> [Option<&'a str>; COLUMNS.len()] {
         let mut v = [None; COLUMNS.len()];
         v[0] = Some(sub);
         v[5] = Some(decision);
-        v[10] = Some(id);
         v
     }
 
     #[test]
     fn a_batch_lists_each_value_s_records_by_offset() {
         let mut b = BatchBuilder::new();
-        b.push(41, 100, values("alice", "allow", "r41")).unwrap();
-        b.push(42, 90, values("bob", "deny", "r42")).unwrap();
-        b.push(43, 120, values("alice", "deny", "r43")).unwrap();
+        b.push(41, 100, "r41", values("alice", "allow")).unwrap();
+        b.push(42, 90, "r42", values("bob", "deny")).unwrap();
+        b.push(43, 120, "r43", values("alice", "deny")).unwrap();
         let batch = b.finish().unwrap();
         assert_eq!(batch.first_seq, 41);
         assert_eq!(batch.last_seq(), 43);
         assert_eq!(batch.time_bounds(), Some((90, 120)));
         assert_eq!(batch.postings["sub=alice"], vec![0, 2]);
         assert_eq!(batch.postings["decision=deny"], vec![1, 2]);
-        assert_eq!(batch.postings["id=r42"], vec![1]);
+        assert_eq!(batch.id_hashes[1], id_hash("r42"));
+        assert_ne!(batch.id_hashes[0], batch.id_hashes[1]);
         // Columns without a value have no postings.
         assert!(!batch.postings.keys().any(|k| k.starts_with("asset=")));
     }
@@ -331,16 +372,34 @@ mod tests {
     #[test]
     fn a_batch_refuses_a_gap_or_a_repeat_in_the_sequence() {
         let mut b = BatchBuilder::new();
-        b.push(7, 1, values("a", "allow", "x")).unwrap();
+        b.push(7, 1, "x", values("a", "allow")).unwrap();
         assert_eq!(
-            b.push(9, 2, values("a", "allow", "y")),
+            b.push(9, 2, "y", values("a", "allow")),
             Err(PostingsError::NotConsecutive { after: 7, got: 9 })
         );
         assert_eq!(
-            b.push(7, 2, values("a", "allow", "y")),
+            b.push(7, 2, "y", values("a", "allow")),
             Err(PostingsError::NotConsecutive { after: 7, got: 7 })
         );
         assert!(BatchBuilder::new().finish().is_none());
+    }
+
+    #[test]
+    fn id_hashes_are_fnv_1a_and_read_back_as_written() {
+        // FNV-1a's published test values: "" and "a".
+        assert_eq!(id_hash(""), 0x811c_9dc5);
+        assert_eq!(id_hash("a"), 0xe40c_292c);
+        let hashes = [
+            0,
+            1,
+            u32::MAX,
+            id_hash("019a0000-0000-7000-8000-000000000001"),
+        ];
+        assert_eq!(
+            decode_id_hashes(&encode_id_hashes(&hashes)).unwrap(),
+            hashes
+        );
+        assert_eq!(decode_id_hashes(&[1, 2, 3]), Err(PostingsError::Malformed));
     }
 
     #[test]

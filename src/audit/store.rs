@@ -3,17 +3,24 @@
 //! canonical bytes and their chain hash, plus columns extracted from the record for
 //! the auditors' queries (the bytes are authoritative; the columns are an index).
 //!
-//! The auditors' indexes live in a second SQLite file beside the log (`<name>.index.db`,
+//! The auditors' index lives in a second SQLite file beside the log (`<name>.index.db`,
 //! attached as `ix`), filled in large batches by a background indexer
 //! ([`Store::index_pending`]) rather than in every commit: a commit then writes only the
-//! log's own sequential pages, not one random page per index per record (measured in
-//! BENCHMARKS.md). Queries read the indexed entries and the records not yet indexed (the
-//! tail after `ix.progress.through`) together, so every committed record is visible at
-//! once. The index holds nothing that is not in the log: deleted, or found not to match
-//! the log, it is rebuilt from the log.
+//! log's own sequential pages. Each batch is stored as postings (see `postings`): one row
+//! per distinct (column, value) in the batch listing the records that hold it, and one
+//! row with the batch's bounds and every record's time — a quarter of the CPU of one row
+//! per record in a table and seven B-trees (BENCHMARKS.md, eleventh round). Queries read
+//! the indexed batches and the records not yet indexed (the tail after
+//! `ix.progress.through`) in one snapshot, so every committed record is visible at once.
+//! The index holds nothing that is not in the log: deleted, or found not to match the
+//! log, it is rebuilt from the log.
 
+use super::postings::{
+    BatchBuilder, COLUMNS, decode_id_hashes, decode_offsets, decode_times, encode_id_hashes,
+    encode_offsets, encode_times,
+};
 use super::record::{GENESIS, Record, chain_hash, encode};
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 
 /// WAL pages after which the writer checkpoints by itself (16 MiB of 4 KiB pages).
@@ -66,43 +73,50 @@ CREATE TABLE IF NOT EXISTS anchor (
 "#;
 
 /// The auditors' index (`SCHEMA_NAME` is `ix`, or `temp` for an empty stand-in): the
-/// query columns of every record up to `progress.through`, indexed by each filter with
-/// the time (SQLite adds the row id, `seq`, so pages come out in order without sorting).
+/// batches of records up to `progress.through`, each with its bounds and its records'
+/// times (`postings::encode_times`) and id hashes (`postings::encode_id_hashes`), and each
+/// batch's postings: for every (column, value)
+/// key, the offsets of the batch's records that hold it (`postings::encode_offsets`).
+/// Postings are keyed by batch first, so a batch's rows are appended at the end of the
+/// B-tree and a query looks a key up batch by batch.
 const INDEX_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS SCHEMA_NAME.entries (
-    seq            INTEGER PRIMARY KEY,
-    id             TEXT NOT NULL,
-    time_us        INTEGER NOT NULL,
-    kind           TEXT NOT NULL,
-    system         TEXT,
-    sub            TEXT,
-    section        TEXT,
-    asset          TEXT,
-    action         TEXT,
-    decision       TEXT,
-    reason         TEXT,
-    tier           TEXT,
-    policy_version TEXT
+CREATE TABLE IF NOT EXISTS SCHEMA_NAME.batches (
+    first_seq INTEGER PRIMARY KEY,
+    last_seq  INTEGER NOT NULL,
+    min_time  INTEGER NOT NULL,
+    max_time  INTEGER NOT NULL,
+    last_id   TEXT NOT NULL,
+    times     BLOB NOT NULL,
+    ids       BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_id ON entries (id);
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_time ON entries (time_us);
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_sub ON entries (sub, time_us);
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_section ON entries (section, time_us);
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_system ON entries (system, time_us);
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_asset ON entries (asset, time_us);
-CREATE INDEX IF NOT EXISTS SCHEMA_NAME.entries_reason ON entries (reason, time_us);
+CREATE TABLE IF NOT EXISTS SCHEMA_NAME.postings (
+    batch   INTEGER NOT NULL,
+    key     TEXT NOT NULL,
+    offsets BLOB NOT NULL,
+    PRIMARY KEY (batch, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS SCHEMA_NAME.progress (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     through INTEGER NOT NULL
 );
 "#;
 
-/// The query columns, in `entries` order (also columns of `records`).
-pub(crate) const INDEX_COLUMNS: &str = "seq, id, time_us, kind, system, sub, section, asset, action, decision, reason, tier, policy_version";
+/// The columns a batch is built from: `seq`, `time_us`, `id`, then `postings::COLUMNS`.
+const BATCH_COLUMNS: &str = "seq, time_us, id, sub, section, system, asset, action, decision, reason, tier, policy_version, kind";
 
-/// Index entries of records still in the log: archiving removes records, then (in the
-/// index's own transaction) their entries; entries left between the two are never read.
-pub(crate) const LIVE: &str = "seq > (SELECT COALESCE(MAX(seq), 0) FROM main.anchor)";
+/// Batches smaller than this are built again with the next records (see
+/// [`Store::index_pending`]), so that however slowly records come, a year's log is a few
+/// thousand batches for a query to look through, not one per indexer round.
+pub const MIN_BATCH: u64 = 4096;
+
+/// A stored batch's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchBounds {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+}
 
 /// The index file beside a log: `decisions.db` → `decisions.index.db`.
 pub fn index_path(log: &Path) -> PathBuf {
@@ -125,8 +139,21 @@ fn attach_index(conn: &Connection, log: &Path) -> Result<(), StoreError> {
 
 /// Creates the index's tables in `schema` where they are missing. Writes nothing when they
 /// are there, so a store on a read-only filesystem still opens (and then fails to commit,
-/// which the service reports as such).
+/// which the service reports as such). An index of the former layout (one row per record,
+/// `entries`) is dropped and built again.
 fn create_index_schema(conn: &Connection, schema: &str) -> Result<(), StoreError> {
+    let former: bool = conn.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'entries')"
+        ),
+        [],
+        |r| r.get(0),
+    )?;
+    if former {
+        conn.execute_batch(&format!(
+            "DROP TABLE {schema}.entries; DELETE FROM {schema}.progress;"
+        ))?;
+    }
     conn.execute_batch(&INDEX_SCHEMA.replace("SCHEMA_NAME", schema))?;
     let rows: i64 = conn.query_row(
         &format!("SELECT COUNT(*) FROM {schema}.progress"),
@@ -197,10 +224,24 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// See [`Store::snapshot`].
+pub(crate) struct Snapshot<'a> {
+    conn: &'a Connection,
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        // Nothing was written: releasing only ends the read.
+        let _ = self.conn.execute_batch("RELEASE snapshot");
+    }
+}
+
 pub struct Store {
     conn: Connection,
     /// Where the index is attached: `ix`, or `temp` when a read-only store has none.
     index: &'static str,
+    /// [`MIN_BATCH`], or less for tests of several batches.
+    min_batch: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -237,7 +278,11 @@ impl Store {
             remove_index_files(path)?;
             attach_index(&conn, path)?;
         }
-        let store = Store { conn, index: "ix" };
+        let store = Store {
+            conn,
+            index: "ix",
+            min_batch: MIN_BATCH,
+        };
         store.repair_index()?;
         Ok(store)
     }
@@ -249,7 +294,7 @@ impl Store {
         let ix = self.index;
         let (through, entry, record): (i64, Option<String>, Option<String>) = self.conn.query_row(
             &format!(
-                "SELECT p.through, (SELECT id FROM {ix}.entries WHERE seq = p.through), \
+                "SELECT p.through, (SELECT last_id FROM {ix}.batches WHERE last_seq = p.through), \
                  (SELECT id FROM main.records WHERE seq = p.through) FROM {ix}.progress AS p"
             ),
             [],
@@ -260,23 +305,42 @@ impl Store {
     }
 
     /// Makes the index describe this log: starts it again when it does not, and drops
-    /// entries of archived records (left when an archive stopped between the two files).
+    /// batches of archived records (left when an archive stopped between the two files).
     fn repair_index(&self) -> Result<(), StoreError> {
         if !self.index_matches_log()? {
             tracing::warn!("the decision log's index does not match the log; rebuilding it");
             self.conn.execute_batch(
-                "BEGIN; DELETE FROM ix.entries; UPDATE ix.progress SET through = 0; COMMIT;",
+                "BEGIN; DELETE FROM ix.postings; DELETE FROM ix.batches; \
+                 UPDATE ix.progress SET through = 0; COMMIT;",
             )?;
         }
-        let archived = format!("NOT ({LIVE})");
+        self.remove_batches_through(self.anchor()?.seq)
+    }
+
+    /// Removes the index's batches wholly at or before `seq` (archived records). A batch
+    /// that reaches past it stays; queries skip its records up to the anchor.
+    fn remove_batches_through(&self, seq: u64) -> Result<(), StoreError> {
+        let ix = self.index;
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let left: bool = self.conn.query_row(
-            &format!("SELECT EXISTS (SELECT 1 FROM ix.entries WHERE {archived})"),
-            [],
+            &format!("SELECT EXISTS (SELECT 1 FROM {ix}.batches WHERE last_seq <= ?1)"),
+            [seq],
             |r| r.get(0),
         )?;
         if left {
-            self.conn
-                .execute(&format!("DELETE FROM ix.entries WHERE {archived}"), [])?;
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute(
+                &format!(
+                    "DELETE FROM {ix}.postings WHERE batch IN \
+                     (SELECT first_seq FROM {ix}.batches WHERE last_seq <= ?1)"
+                ),
+                [seq],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM {ix}.batches WHERE last_seq <= ?1"),
+                [seq],
+            )?;
+            tx.commit()?;
         }
         Ok(())
     }
@@ -289,7 +353,11 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         attach_index(&conn, path)?;
-        let store = Store { conn, index: "ix" };
+        let store = Store {
+            conn,
+            index: "ix",
+            min_batch: MIN_BATCH,
+        };
         // Batches touch many index pages: keep some in memory across batches (16 MiB; more
         // was measurably faster only for stores of millions of records, and counts
         // against the memory target during a reload).
@@ -300,53 +368,233 @@ impl Store {
     }
 
     /// Indexes up to `max` records after the index's `through` in one transaction on the
-    /// index file; returns how many. The log is only read, and only while the rows are
+    /// index file, as one batch; returns how many. When the last batch is smaller than
+    /// [`MIN_BATCH`], it is built again together with the new records (so batches stay
+    /// large when records come slowly). The log is only read, and only while the rows are
     /// copied into memory: a long read of the log would keep SQLite from restarting the
     /// log's WAL, which then grows without bound under unbroken load.
     pub fn index_pending(&self, max: u64) -> Result<u64, StoreError> {
         let ix = self.index;
-        let through = i64::try_from(self.indexed_through()?).unwrap_or(i64::MAX);
-        let rows: Vec<[rusqlite::types::Value; 13]> = {
+        let through = self.indexed_through()?;
+        let anchor = self.anchor()?.seq;
+        let last: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT first_seq, last_seq FROM {ix}.batches ORDER BY first_seq DESC LIMIT 1"
+                ),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let regrow = last
+            .map(|(f, l)| (u64::try_from(f).unwrap_or(0), u64::try_from(l).unwrap_or(0)))
+            .filter(|&(f, l)| l == through && f > anchor && l + 1 - f < self.min_batch);
+        let start = regrow.map_or(through, |(f, _)| f - 1);
+        let mut builder = BatchBuilder::new();
+        let mut last_id = String::new();
+        {
             let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT {INDEX_COLUMNS} FROM main.records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                "SELECT {BATCH_COLUMNS} FROM main.records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(
-                params![through, i64::try_from(max).unwrap_or(i64::MAX)],
-                |r| {
-                    let mut row: [rusqlite::types::Value; 13] =
-                        std::array::from_fn(|_| rusqlite::types::Value::Null);
-                    for (i, v) in row.iter_mut().enumerate() {
-                        *v = r.get(i)?;
-                    }
-                    Ok(row)
-                },
-            )?;
-            rows.collect::<Result<_, _>>()?
-        };
-        let Some(upto) = rows.last().map(|r| r[0].clone()) else {
+            let limit = max.saturating_add(through - start);
+            let mut rows = stmt.query(params![
+                i64::try_from(start).unwrap_or(i64::MAX),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])?;
+            while let Some(r) = rows.next()? {
+                let text = |i: usize| -> Result<Option<&str>, StoreError> {
+                    Ok(r.get_ref(i)?
+                        .as_str_or_null()
+                        .map_err(rusqlite::Error::from)?)
+                };
+                let mut values = [None; COLUMNS.len()];
+                for (i, v) in values.iter_mut().enumerate() {
+                    *v = text(3 + i)?;
+                }
+                let seq = u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0);
+                let id = text(2)?.unwrap_or_default();
+                builder
+                    .push(seq, r.get(1)?, id, values)
+                    .map_err(|e| StoreError::Corrupt(format!("indexing the log: {e}")))?;
+                last_id.clear();
+                last_id.push_str(id);
+            }
+        }
+        let Some(batch) = builder.finish() else {
             return Ok(0);
         };
+        let upto = batch.last_seq();
+        if upto <= through {
+            return Ok(0);
+        }
+        let (min_time, max_time) = batch.time_bounds().unwrap_or_default();
+        let first = i64::try_from(batch.first_seq).unwrap_or(i64::MAX);
         let tx = self.conn.unchecked_transaction()?;
+        if regrow.is_some() {
+            tx.execute(
+                &format!("DELETE FROM {ix}.postings WHERE batch = ?1"),
+                [first],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM {ix}.batches WHERE first_seq = ?1"),
+                [first],
+            )?;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {ix}.batches (first_seq, last_seq, min_time, max_time, last_id, times, ids) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ),
+            params![
+                first,
+                i64::try_from(upto).unwrap_or(i64::MAX),
+                min_time,
+                max_time,
+                last_id,
+                encode_times(&batch.times),
+                encode_id_hashes(&batch.id_hashes)
+            ],
+        )?;
         {
             let mut insert = tx.prepare_cached(&format!(
-                "INSERT INTO {ix}.entries ({INDEX_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                "INSERT INTO {ix}.postings (batch, key, offsets) VALUES (?1, ?2, ?3)"
             ))?;
-            for row in &rows {
-                insert.execute(rusqlite::params_from_iter(row.iter()))?;
+            for (key, offsets) in &batch.postings {
+                insert.execute(params![first, key, encode_offsets(offsets)])?;
             }
         }
         // Another connection indexing the same records first (two indexers on one log)
         // would have moved `through`: then this batch is rolled back.
         let moved = tx.execute(
             &format!("UPDATE {ix}.progress SET through = ?1 WHERE through = ?2"),
-            params![upto, through],
+            params![
+                i64::try_from(upto).unwrap_or(i64::MAX),
+                i64::try_from(through).unwrap_or(i64::MAX)
+            ],
         )?;
         if moved == 0 {
             return Ok(0);
         }
         tx.commit()?;
-        Ok(rows.len() as u64)
+        Ok(upto - through)
+    }
+
+    /// The index's batches that hold records after the anchor and times in
+    /// `[from, until)` (either open), by first sequence number.
+    pub(crate) fn batches(
+        &self,
+        from: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Vec<BatchBounds>, StoreError> {
+        let ix = self.index;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT first_seq, last_seq, min_time, max_time FROM {ix}.batches \
+             WHERE last_seq > ?1 AND max_time >= ?2 AND min_time < ?3 ORDER BY first_seq"
+        ))?;
+        let anchor = i64::try_from(self.anchor()?.seq).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(
+            params![anchor, from.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX)],
+            |r| {
+                Ok(BatchBounds {
+                    first_seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    last_seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    min_time: r.get(2)?,
+                    max_time: r.get(3)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One of a batch's per-record blobs (`times`, `ids`).
+    fn batch_blob(&self, batch: &BatchBounds, column: &str) -> Result<Vec<u8>, StoreError> {
+        let ix = self.index;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {column} FROM {ix}.batches WHERE first_seq = ?1"
+        ))?;
+        Ok(
+            stmt.query_row([i64::try_from(batch.first_seq).unwrap_or(i64::MAX)], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+
+    /// A batch's record times, by offset.
+    pub(crate) fn batch_times(&self, batch: &BatchBounds) -> Result<Vec<i64>, StoreError> {
+        let times = decode_times(&self.batch_blob(batch, "times")?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if times.len() as u64 != batch.last_seq + 1 - batch.first_seq {
+            return Err(StoreError::Corrupt(format!(
+                "the index's batch from record {} lists {} times for {} records",
+                batch.first_seq,
+                times.len(),
+                batch.last_seq + 1 - batch.first_seq
+            )));
+        }
+        Ok(times)
+    }
+
+    /// A batch's record id hashes, by offset.
+    pub(crate) fn batch_id_hashes(&self, batch: &BatchBounds) -> Result<Vec<u32>, StoreError> {
+        decode_id_hashes(&self.batch_blob(batch, "ids")?)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// A key's offsets in a batch (`None`: no record of the batch holds it).
+    pub(crate) fn batch_postings(
+        &self,
+        batch: &BatchBounds,
+        key: &str,
+    ) -> Result<Option<Vec<u32>>, StoreError> {
+        let ix = self.index;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT offsets FROM {ix}.postings WHERE batch = ?1 AND key = ?2"
+        ))?;
+        let bytes: Option<Vec<u8>> = stmt
+            .query_row(
+                params![i64::try_from(batch.first_seq).unwrap_or(i64::MAX), key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        bytes
+            .map(|b| decode_offsets(&b).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    /// Every key of one column in a batch (`column=value`), with its offsets.
+    pub(crate) fn batch_column(
+        &self,
+        batch: &BatchBounds,
+        column: &str,
+    ) -> Result<Vec<(String, Vec<u32>)>, StoreError> {
+        let ix = self.index;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT key, offsets FROM {ix}.postings WHERE batch = ?1 AND key >= ?2 AND key < ?3"
+        ))?;
+        // Keys of the column run from `column=` up to `column>` ('>' follows '=').
+        let rows = stmt.query_map(
+            params![
+                i64::try_from(batch.first_seq).unwrap_or(i64::MAX),
+                format!("{column}="),
+                format!("{column}>")
+            ],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, bytes) = row?;
+            let offsets = decode_offsets(&bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((key, offsets));
+        }
+        Ok(out)
+    }
+
+    /// Reads in one snapshot until the guard is dropped: a query's batches, postings and
+    /// tail then agree, whatever the writer and the indexer commit meanwhile.
+    pub(crate) fn snapshot(&self) -> Result<Snapshot<'_>, StoreError> {
+        self.conn.execute_batch("SAVEPOINT snapshot")?;
+        Ok(Snapshot { conn: &self.conn })
     }
 
     /// The last record in the index.
@@ -392,7 +640,11 @@ impl Store {
         )?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_millis(100))?;
-        Ok(Store { conn, index: "" })
+        Ok(Store {
+            conn,
+            index: "",
+            min_batch: MIN_BATCH,
+        })
     }
 
     /// Copies committed WAL frames into the database file without blocking the writer
@@ -419,7 +671,11 @@ impl Store {
             tracing::warn!(error = %e, "the decision log's index cannot be opened; not using it");
             return Store::without_index(conn);
         }
-        let store = Store { conn, index: "ix" };
+        let store = Store {
+            conn,
+            index: "ix",
+            min_batch: MIN_BATCH,
+        };
         match store.index_matches_log() {
             Ok(true) => return Ok(store),
             Ok(false) => {
@@ -440,6 +696,7 @@ impl Store {
         Ok(Store {
             conn,
             index: "temp",
+            min_batch: MIN_BATCH,
         })
     }
 
@@ -453,6 +710,12 @@ impl Store {
         };
         self.conn.pragma_update(None, "max_page_count", pages)?;
         Ok(())
+    }
+
+    /// Sets the size below which the last batch is built again with the next records
+    /// ([`MIN_BATCH`] unless set): tests of several batches set it low.
+    pub fn set_min_batch(&mut self, records: u64) {
+        self.min_batch = records;
     }
 
     /// Refuses (or allows again) every write on this connection, as a read-only store does.
@@ -611,13 +874,11 @@ impl Store {
         match result {
             Ok(()) => {
                 self.conn.execute_batch("COMMIT")?;
-                // Then the index (another file, so another transaction): entries left by a
+                // Then the index (another file, so another transaction): batches left by a
                 // stop in between are never read (queries skip sequence numbers up to the
                 // anchor) and are dropped at the next open.
-                let ix = self.index;
-                if ix == "ix" {
-                    self.conn
-                        .execute(&format!("DELETE FROM {ix}.entries WHERE seq <= ?1"), [seq])?;
+                if self.index == "ix" {
+                    self.remove_batches_through(u64::try_from(seq).unwrap_or(0))?;
                 }
                 Ok(())
             }

@@ -4,8 +4,9 @@
 //! record.
 
 use super::checkpoint::verify_signature;
+use super::postings::{BatchBuilder, COLUMNS, decode_id_hashes, decode_offsets, decode_times};
 use super::record::chain_hash;
-use super::store::{Checkpoint, LIVE, Store, StoreError};
+use super::store::{Checkpoint, Store, StoreError};
 use std::collections::BTreeMap;
 
 /// The first problem found.
@@ -152,8 +153,7 @@ pub fn verify(
     })
 }
 
-/// The query columns of a record as its stored bytes give them, in `INDEX_COLUMNS` order
-/// after `seq`.
+/// The query columns of a record as its stored bytes give them.
 #[derive(serde::Deserialize)]
 struct Stated {
     id: String,
@@ -228,11 +228,23 @@ pub struct ColumnsReport {
     pub problem: Option<Problem>,
 }
 
+/// A batch of the auditors' index as stored.
+struct StoredBatch {
+    first_seq: u64,
+    last_seq: u64,
+    min_time: i64,
+    max_time: i64,
+    last_id: String,
+    times: Vec<u8>,
+    ids: Vec<u8>,
+}
+
 /// Checks what the chain does not cover: that every record's query columns — in the log
 /// and in the auditors' index — say what its stored bytes say, and that the index holds
 /// exactly the records up to its `through`. Altered columns could hide a record from a
 /// filtered query; this names the first such record. Run after [`verify`], which vouches
-/// for the bytes.
+/// for the bytes. Each of the index's batches is built again from the records' bytes and
+/// compared with the stored one.
 pub fn verify_columns(
     store: &Store,
     mut progress: impl FnMut(u64),
@@ -240,18 +252,33 @@ pub fn verify_columns(
     let ix = store.index_schema();
     let conn = store.connection();
     let through: u64 = store.indexed_through()?;
-    let cols = |t: &str| {
-        COLUMN_NAMES
-            .iter()
-            .map(|c| format!("{t}.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let anchor = store.anchor()?.seq;
+    let batches: Vec<StoredBatch> = {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT first_seq, last_seq, min_time, max_time, last_id, times, ids FROM {ix}.batches \
+             WHERE last_seq > ?1 ORDER BY first_seq"
+        ))?;
+        let rows = stmt.query_map([i64::try_from(anchor).unwrap_or(i64::MAX)], |r| {
+            Ok(StoredBatch {
+                first_seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                last_seq: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                min_time: r.get(2)?,
+                max_time: r.get(3)?,
+                last_id: r.get(4)?,
+                times: r.get(5)?,
+                ids: r.get(6)?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>()?
     };
+    let mut problem = batches_cover(&batches, anchor, through);
+    let cols = COLUMN_NAMES
+        .iter()
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut stmt = conn.prepare(&format!(
-        "SELECT r.seq, r.body, {}, e.seq, {} FROM main.records AS r \
-         LEFT JOIN {ix}.entries AS e ON e.seq = r.seq ORDER BY r.seq",
-        cols("r"),
-        cols("e")
+        "SELECT r.seq, r.body, {cols} FROM main.records AS r ORDER BY r.seq"
     ))?;
     let text = |v: rusqlite::types::Value| match v {
         rusqlite::types::Value::Null => None,
@@ -262,8 +289,11 @@ pub fn verify_columns(
     };
     let mut rows = stmt.query([])?;
     let (mut records, mut indexed) = (0u64, 0u64);
-    let mut problem = None;
-    while let Some(row) = rows.next()? {
+    let mut next_batch = batches.iter().peekable();
+    let mut building: Option<(&StoredBatch, BatchBuilder)> = None;
+    while problem.is_none()
+        && let Some(row) = rows.next()?
+    {
         let seq = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
         let body: Vec<u8> = row.get(1)?;
         let found = |what: String| Some(Problem { seq, what });
@@ -271,58 +301,68 @@ pub fn verify_columns(
             problem = found(format!("record {seq}: its stored bytes are not a record"));
             break;
         };
+        let (time_us, kind, id) = (stated.time_us, stated.kind.clone(), stated.id.clone());
         let stated = stated.columns();
-        let in_index = row.get::<_, Option<i64>>(14)?.is_some();
-        // The log's columns start at 2, the index's (when the record is indexed) at 15.
-        let places = [("the log's", 2, true), ("the index's", 15, in_index)];
-        'columns: for (i, name) in COLUMN_NAMES.iter().enumerate() {
-            for (place, first, _) in places.iter().filter(|(_, _, present)| *present) {
-                let value = text(row.get(first + i)?);
-                if value != stated[i] {
-                    problem = found(format!(
-                        "record {seq}: {place} `{name}` column says {value:?}, its bytes say {:?}",
-                        stated[i]
-                    ));
-                    break 'columns;
-                }
+        for (i, name) in COLUMN_NAMES.iter().enumerate() {
+            let value = text(row.get(2 + i)?);
+            if value != stated[i] {
+                problem = found(format!(
+                    "record {seq}: the log's `{name}` column says {value:?}, its bytes say {:?}",
+                    stated[i]
+                ));
+                break;
             }
         }
         if problem.is_some() {
             break;
         }
-        if in_index != (seq <= through) {
-            problem = found(if in_index {
-                format!("record {seq}: indexed, but the index says it covers only up to {through}")
-            } else {
-                format!(
-                    "record {seq}: missing from the index, which says it covers up to {through}"
-                )
-            });
-            break;
+        if building.is_none()
+            && let Some(b) = next_batch.next_if(|b| b.first_seq <= seq && seq <= b.last_seq)
+        {
+            building = Some((b, BatchBuilder::new()));
+        }
+        if let Some((batch, builder)) = &mut building {
+            // In `postings::COLUMNS` order, from the bytes.
+            let by_name = |name: &str| {
+                COLUMN_NAMES
+                    .iter()
+                    .position(|c| *c == name)
+                    .and_then(|i| stated[i].as_deref())
+            };
+            let mut values = [None; COLUMNS.len()];
+            for (v, column) in values.iter_mut().zip(COLUMNS) {
+                *v = match column {
+                    "kind" => Some(kind.as_str()),
+                    other => by_name(other),
+                };
+            }
+            if let Err(e) = builder.push(seq, time_us, &id, values) {
+                problem = found(format!("record {seq}: {e}"));
+                break;
+            }
+            indexed += 1;
+            if seq == batch.last_seq {
+                let (batch, builder) = building.take().unwrap_or_else(|| unreachable!());
+                problem = compare_batch(store, batch, builder, &id)?;
+            }
         }
         records += 1;
-        indexed += u64::from(in_index);
         if records % 100_000 == 0 {
             progress(records);
         }
     }
-    if problem.is_none() {
-        // An entry whose record is not in the log (and was not archived).
-        let stray: Option<i64> = conn.query_row(
-            &format!(
-                "SELECT MIN(seq) FROM {ix}.entries WHERE {LIVE} \
-                 AND seq NOT IN (SELECT seq FROM main.records)"
+    if problem.is_none()
+        && let Some((batch, _)) = building
+            .take()
+            .or(next_batch.next().map(|b| (b, BatchBuilder::new())))
+    {
+        problem = Some(Problem {
+            seq: batch.first_seq,
+            what: format!(
+                "the index lists records {}–{}, which are not all in the log",
+                batch.first_seq, batch.last_seq
             ),
-            [],
-            |r| r.get(0),
-        )?;
-        if let Some(seq) = stray {
-            let seq = u64::try_from(seq).unwrap_or(0);
-            problem = Some(Problem {
-                seq,
-                what: format!("the index lists record {seq}, which is not in the log"),
-            });
-        }
+        });
     }
     progress(records);
     Ok(ColumnsReport {
@@ -330,4 +370,179 @@ pub fn verify_columns(
         indexed,
         problem,
     })
+}
+
+/// Whether the batches follow one another from the anchor up to `through`, with nothing
+/// after it.
+fn batches_cover(batches: &[StoredBatch], anchor: u64, through: u64) -> Option<Problem> {
+    let mut expected: Option<u64> = None;
+    for b in batches {
+        if b.last_seq < b.first_seq || b.min_time > b.max_time {
+            return Some(Problem {
+                seq: b.first_seq,
+                what: format!("the index's batch from record {} is malformed", b.first_seq),
+            });
+        }
+        if b.first_seq > through {
+            return Some(Problem {
+                seq: b.first_seq,
+                what: format!(
+                    "record {}: indexed, but the index says it covers only up to {through}",
+                    b.first_seq
+                ),
+            });
+        }
+        if expected.is_some_and(|e| e != b.first_seq) {
+            let seq = expected.unwrap_or_default().min(b.first_seq);
+            return Some(Problem {
+                seq,
+                what: format!("record {seq}: the index's batches do not follow one another here"),
+            });
+        }
+        expected = Some(b.last_seq + 1);
+    }
+    let covered = expected.map_or(anchor, |e| e - 1);
+    let first = batches.first().map_or(anchor + 1, |b| b.first_seq);
+    if through > anchor && first > anchor + 1 {
+        return Some(Problem {
+            seq: anchor + 1,
+            what: format!(
+                "record {}: missing from the index, which says it covers up to {through}",
+                anchor + 1
+            ),
+        });
+    }
+    match covered.cmp(&through.max(anchor)) {
+        std::cmp::Ordering::Less => Some(Problem {
+            seq: covered + 1,
+            what: format!(
+                "record {}: missing from the index, which says it covers up to {through}",
+                covered + 1
+            ),
+        }),
+        std::cmp::Ordering::Greater => Some(Problem {
+            seq: through + 1,
+            what: format!(
+                "record {}: indexed, but the index says it covers only up to {through}",
+                through + 1
+            ),
+        }),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
+/// The first position where two lists differ, counting a missing entry as different.
+fn first_difference<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
+    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i))
+}
+
+/// Compares a stored batch with the one built from its records' bytes (`last_id`: the
+/// id of its last record). Records of a batch before the anchor (archived) are not
+/// compared.
+fn compare_batch(
+    store: &Store,
+    stored: &StoredBatch,
+    built: BatchBuilder,
+    last_id: &str,
+) -> Result<Option<Problem>, StoreError> {
+    let Some(built) = built.finish() else {
+        return Ok(None);
+    };
+    // Offsets in the stored batch of the records compared (after an archive's cut).
+    let skip = u32::try_from(built.first_seq - stored.first_seq).unwrap_or(u32::MAX);
+    let at = |offset: u32, what: String| {
+        let seq = built.first_seq + u64::from(offset);
+        Some(Problem {
+            seq,
+            what: format!("record {seq}: {what}"),
+        })
+    };
+    // Per record, from the archive's cut on: times, then id hashes (a malformed list reads
+    // as empty, and so differs at its first record).
+    let times = decode_times(&stored.times).unwrap_or_default();
+    let ids = decode_id_hashes(&stored.ids).unwrap_or_default();
+    let differs = first_difference(&built.times, times.get(skip as usize..).unwrap_or_default())
+        .map(|o| (o, "time of it"))
+        .or(first_difference(
+            &built.id_hashes,
+            ids.get(skip as usize..).unwrap_or_default(),
+        )
+        .map(|o| (o, "hash of its id")));
+    if let Some((o, what)) = differs {
+        return Ok(at(
+            o as u32,
+            format!("the index's {what} differs from its bytes'"),
+        ));
+    }
+    let (min, max) = times
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(a, b), &t| (a.min(t), b.max(t)));
+    if (min, max) != (stored.min_time, stored.max_time) || stored.last_id != last_id {
+        return Ok(at(
+            u32::try_from(stored.last_seq - built.first_seq).unwrap_or(0),
+            String::from("the index's bounds of its batch differ from the records'"),
+        ));
+    }
+    let mut keys: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    {
+        let conn = store.connection();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT key, offsets FROM {}.postings WHERE batch = ?1",
+            store.index_schema()
+        ))?;
+        let mut rows = stmt.query([i64::try_from(stored.first_seq).unwrap_or(i64::MAX)])?;
+        while let Some(r) = rows.next()? {
+            let key: String = r.get(0)?;
+            let bytes = r.get_ref(1)?.as_bytes().map_err(rusqlite::Error::from)?;
+            let Ok(offsets) = decode_offsets(bytes) else {
+                return Ok(at(0, format!("the index's list of `{key}` is malformed")));
+            };
+            let kept: Vec<u32> = offsets
+                .into_iter()
+                .filter(|&o| o >= skip)
+                .map(|o| o - skip)
+                .collect();
+            if !kept.is_empty() {
+                keys.insert(key, kept);
+            }
+        }
+    }
+    // The first record (by offset) listed under a key its bytes do not hold, or not
+    // listed under one they do.
+    let mut first: Option<(u32, String)> = None;
+    let names = keys
+        .keys()
+        .chain(built.postings.keys())
+        .collect::<std::collections::BTreeSet<_>>();
+    for key in names {
+        let (s, b) = (
+            keys.get(key).map(Vec::as_slice).unwrap_or_default(),
+            built
+                .postings
+                .get(key)
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        );
+        // Both lists increase: a binary search each.
+        let only_stored = s.iter().find(|o| b.binary_search(o).is_err()).copied();
+        let only_built = b.iter().find(|o| s.binary_search(o).is_err()).copied();
+        let column = key.split('=').next().unwrap_or_default();
+        for (o, what) in [
+            (
+                only_stored,
+                format!("the index's `{column}` lists it under `{key}`, its bytes do not"),
+            ),
+            (
+                only_built,
+                format!("the index's `{column}` does not list it under `{key}`, its bytes do"),
+            ),
+        ] {
+            if let Some(o) = o
+                && first.as_ref().is_none_or(|(f, _)| o < *f)
+            {
+                first = Some((o, what));
+            }
+        }
+    }
+    Ok(first.and_then(|(o, what)| at(o, what)))
 }

@@ -283,16 +283,33 @@ fn start_checkpointer(path: &Path) -> Result<Sender<()>, StoreError> {
 
 /// How often the indexer looks for records to index.
 const INDEX_EVERY: Duration = Duration::from_millis(500);
-/// Most records indexed in one transaction of the index file. Large batches are the point:
-/// each index page is written once per batch however many of its records the batch holds.
+/// Most records indexed in one transaction of the index file, as one batch. Large batches
+/// are the point: a value that recurs in a batch is one row of postings, however many of
+/// the batch's records hold it (see `postings`).
 pub const INDEX_BATCH: u64 = 50_000;
+/// While fewer records than this wait, the indexer lets up to [`INDEX_MAX_WAIT`] pass
+/// before indexing them: the last batch, while smaller than `store::MIN_BATCH`, is built
+/// again each time, and a round for a handful of records would redo thousands.
+const INDEX_MIN_LAG: u64 = 256;
+/// The longest a committed record waits for the index when records come slowly (queries
+/// read it from the log meanwhile).
+const INDEX_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the indexer thread: it copies the query columns of newly committed records into
 /// the index file in large batches (see `store`), off the writer's thread and outside its
 /// commits. A failure loses nothing: the records stay in the log, queries read them there.
 fn start_indexer(path: &Path, stats: Arc<WriterStats>) -> Result<Sender<()>, StoreError> {
     let store = Store::open_for_indexing(path)?;
+    let mut last_round = std::time::Instant::now();
     start_background("indexer", INDEX_EVERY, INDEXER_NICER_BY, move |stopped| {
+        let waiting = stats
+            .head_seq
+            .load(Ordering::Relaxed)
+            .saturating_sub(stats.indexed_seq.load(Ordering::Relaxed));
+        if waiting < INDEX_MIN_LAG && last_round.elapsed() < INDEX_MAX_WAIT {
+            return Ok(());
+        }
+        last_round = std::time::Instant::now();
         loop {
             let n = store.index_pending(INDEX_BATCH)?;
             let through = store.indexed_through()?;

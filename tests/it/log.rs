@@ -44,6 +44,14 @@ fn sql(store: &Store, statement: &str) {
     store.connection().execute_batch(statement).unwrap();
 }
 
+/// The single number a query gives.
+fn count(store: &Store, query: &str) -> i64 {
+    store
+        .connection()
+        .query_row(query, [], |r| r.get(0))
+        .unwrap()
+}
+
 fn first_bad(store: &Store, key: &[u8], external: Option<&Checkpoint>) -> Option<(u64, String)> {
     verify(store, Some(key), external, |_| {})
         .unwrap()
@@ -419,7 +427,15 @@ async fn answered_decisions_survive_kill_9() {
                 }
             }));
         }
-        // A different moment each round: 50–950 ms into the load.
+        // A different moment each round: 50–950 ms after the first answer (counted from
+        // the first answer, not the first call, so that a busy machine that answers late
+        // still kills under load).
+        let started = std::time::Instant::now();
+        while received.lock().unwrap().is_empty()
+            && started.elapsed() < std::time::Duration::from_secs(20)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(50 + (round * 7_919) % 900)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -468,27 +484,33 @@ fn build_timed(dir: &Path) -> (Store, Vec<u8>) {
 fn archiving_keeps_both_halves_verifiable() {
     use sekimori::audit::query::Filter;
     let dir = tempfile::tempdir().unwrap();
-    let (store, key) = build_timed(dir.path());
-    // Records 1..=70 are indexed, the rest are read from the log.
-    assert_eq!(store.index_pending(70).unwrap(), 70);
+    let (mut store, key) = build_timed(dir.path());
+    // Records 1..=70 are indexed in two batches, the rest are read from the log.
+    store.set_min_batch(1);
+    assert_eq!(store.index_pending(40).unwrap(), 40);
+    assert_eq!(store.index_pending(30).unwrap(), 30);
     let archive = dir.path().join("archive.jsonl");
     // Records 1..=59 are older than second 60; the last checkpoint among them is at 50.
     let r = sekimori::audit::archive::archive(&store, 60_000_000, &archive).unwrap();
     assert_eq!((r.from_seq, r.to_seq, r.records), (1, 50, 50));
     assert_eq!(store.count().unwrap(), 50);
-    // Queries see the 50 records left, and the index keeps nothing of the archived ones.
+    // Queries see the 50 records left, and the index keeps no batch wholly archived (the
+    // second, 41..=70, holds records on both sides of the cut).
     let left = store.query(&Filter::default(), None, true, 1000).unwrap();
     assert_eq!(
         left.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (51..=100).collect::<Vec<_>>()
     );
-    let stale: i64 = store
-        .connection()
-        .query_row("SELECT COUNT(*) FROM ix.entries WHERE seq <= 50", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let stale = count(
+        &store,
+        "SELECT COUNT(*) FROM ix.batches WHERE last_seq <= 50",
+    );
     assert_eq!(stale, 0);
+    let kept = count(&store, "SELECT COUNT(*) FROM ix.batches");
+    assert_eq!(kept, 1);
+    let columns = sekimori::audit::verify::verify_columns(&store, |_| {}).unwrap();
+    assert!(columns.problem.is_none(), "{:?}", columns.problem);
+    assert_eq!((columns.records, columns.indexed), (50, 20));
     let report = verify(&store, Some(&key), None, |_| {}).unwrap();
     assert!(report.ok(), "{:?}", report.problem);
     assert_eq!(report.first_seq, Some(51));
@@ -704,6 +726,8 @@ fn queries_answer_alike_before_during_and_after_indexing() {
         ..Default::default()
     };
     assert_eq!(store.query(&e3, None, true, 1000).unwrap().len(), 24);
+    // Two batches, so that pages are gathered across them.
+    store.set_min_batch(1);
     assert_eq!(store.index_pending(50).unwrap(), 50);
     assert_eq!(store.index_lag().unwrap(), 70);
     assert_eq!(query_answers(&store, &ids), unindexed, "half indexed");
@@ -711,18 +735,12 @@ fn queries_answer_alike_before_during_and_after_indexing() {
     assert_eq!(store.index_pending(1000).unwrap(), 0);
     assert_eq!(store.indexed_through().unwrap(), 120);
     assert_eq!(query_answers(&store, &ids), unindexed, "all indexed");
-    // The index is used: a filter on an indexed column names it in the query plan.
-    let plan: Vec<String> = {
-        let mut stmt = store
-            .connection()
-            .prepare("EXPLAIN QUERY PLAN SELECT seq FROM ix.entries WHERE sub = 'e3' ORDER BY time_us DESC LIMIT 5")
-            .unwrap();
-        stmt.query_map([], |r| r.get(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    assert!(plan.iter().any(|d| d.contains("entries_sub")), "{plan:?}");
+    // The index is used: each batch lists the subject's records.
+    let lists = count(
+        &store,
+        "SELECT COUNT(*) FROM ix.postings WHERE key = 'sub=e3'",
+    );
+    assert_eq!(lists, 2);
     // A record committed after the last batch is seen at once, from the log.
     let more = mixed_records(120, 3);
     store.append(head, &more).unwrap();
@@ -747,6 +765,94 @@ fn queries_answer_alike_before_during_and_after_indexing() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.index_pending(1000).unwrap(), 123);
     assert_eq!(query_answers(&store, &all_ids), with_tail, "rebuilt");
+}
+
+/// However slowly records come, the index stays a few large batches: a batch smaller than
+/// `MIN_BATCH` is built again with the records after it, and answers do not change.
+#[test]
+fn a_small_last_batch_is_built_again_with_the_next_records() {
+    use sekimori::audit::store::MIN_BATCH;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("log.db")).unwrap();
+    let batches = |s: &Store| -> Vec<(i64, i64)> {
+        let mut stmt = s
+            .connection()
+            .prepare("SELECT first_seq, last_seq FROM ix.batches ORDER BY first_seq")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let records = mixed_records(0, 40);
+    let ids: Vec<String> = records.iter().step_by(7).map(|r| r.id.clone()).collect();
+    let head = store.append(store.head().unwrap(), &records).unwrap();
+    let unindexed = query_answers(&store, &ids);
+    for n in [10, 25, 5] {
+        assert_eq!(store.index_pending(n).unwrap(), n);
+    }
+    assert_eq!(batches(&store), vec![(1, 40)], "one batch of 40");
+    assert_eq!(query_answers(&store, &ids), unindexed);
+    // Once a batch reaches MIN_BATCH it is left as it is.
+    let big = MIN_BATCH - 40;
+    let head = store.append(head, &mixed_records(40, big)).unwrap();
+    assert_eq!(store.index_pending(u64::MAX).unwrap(), big);
+    store.append(head, &mixed_records(MIN_BATCH, 3)).unwrap();
+    let before = query_answers(&store, &ids);
+    assert_eq!(store.index_pending(1000).unwrap(), 3);
+    let last = i64::try_from(MIN_BATCH).unwrap();
+    assert_eq!(batches(&store), vec![(1, last), (last + 1, last + 3)]);
+    assert_eq!(query_answers(&store, &ids), before);
+    assert!(
+        sekimori::audit::verify::verify_columns(&store, |_| {})
+            .unwrap()
+            .problem
+            .is_none()
+    );
+}
+
+/// An index file of the former layout (one row per record in `entries`, seven B-tree
+/// indexes) is dropped when the log is opened for writing and built again as batches.
+#[test]
+fn an_index_of_the_former_layout_is_built_again() {
+    use sekimori::audit::store::index_path;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let records = mixed_records(0, 30);
+    let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+    let expected = {
+        let mut store = Store::open(&path).unwrap();
+        store.append(store.head().unwrap(), &records).unwrap();
+        query_answers(&store, &ids)
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", index_path(&path).display()));
+    }
+    {
+        let old = rusqlite::Connection::open(index_path(&path)).unwrap();
+        old.execute_batch(
+            "CREATE TABLE entries (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, time_us INTEGER NOT NULL, \
+             kind TEXT NOT NULL, system TEXT, sub TEXT, section TEXT, asset TEXT, action TEXT, decision TEXT, \
+             reason TEXT, tier TEXT, policy_version TEXT);
+             CREATE INDEX entries_sub ON entries (sub, time_us);
+             CREATE TABLE progress (id INTEGER PRIMARY KEY CHECK (id = 1), through INTEGER NOT NULL);
+             INSERT INTO progress VALUES (1, 30);",
+        )
+        .unwrap();
+    }
+    // Read-only, the former index is not used (nor changed).
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(query_answers(&ro, &ids), expected, "read-only");
+    drop(ro);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.indexed_through().unwrap(), 0);
+    let former = count(
+        &store,
+        "SELECT COUNT(*) FROM ix.sqlite_master WHERE name LIKE 'entries%'",
+    );
+    assert_eq!(former, 0, "the former table and its indexes are gone");
+    assert_eq!(store.index_pending(1000).unwrap(), 30);
+    assert_eq!(query_answers(&store, &ids), expected);
 }
 
 /// An index that is not this log's (copied from another log, or newer than a log restored
@@ -946,28 +1052,44 @@ fn altered_query_columns_and_index_entries_are_named() {
             "the log's `sub`",
         ),
         (
-            "UPDATE ix.entries SET asset = 'other' WHERE seq = 10",
-            "UPDATE ix.entries SET asset = 'juki-main' WHERE seq = 10",
+            "UPDATE ix.postings SET key = 'asset=other' WHERE key = 'asset=juki-main'",
+            "UPDATE ix.postings SET key = 'asset=juki-main' WHERE key = 'asset=other'",
             10,
             "the index's `asset`",
         ),
         (
-            "UPDATE ix.entries SET tier = NULL WHERE seq = 10",
-            "UPDATE ix.entries SET tier = 'secret' WHERE seq = 10",
+            "UPDATE ix.postings SET key = 'tier=public' WHERE key = 'tier=secret'",
+            "UPDATE ix.postings SET key = 'tier=secret' WHERE key = 'tier=public'",
             10,
             "the index's `tier`",
         ),
         (
-            "DELETE FROM ix.entries WHERE seq = 12",
-            "INSERT INTO ix.entries SELECT seq, id, time_us, kind, system, sub, section, asset, action, decision, reason, tier, policy_version FROM records WHERE seq = 12",
-            12,
+            // The list of records of subject e1 (records 2, 7, 12, …) loses its first.
+            "UPDATE ix.postings SET offsets = substr(offsets, 2) WHERE key = 'sub=e1'",
+            "UPDATE ix.postings SET offsets = CAST(x'01' || offsets AS BLOB) WHERE key = 'sub=e1'",
+            2,
+            "does not list it under `sub=e1`",
+        ),
+        (
+            "CREATE TABLE ix.saved AS SELECT first_seq, ids FROM ix.batches; \
+             UPDATE ix.batches SET ids = zeroblob(length(ids))",
+            "UPDATE ix.batches SET ids = (SELECT ids FROM ix.saved AS s \
+             WHERE s.first_seq = batches.first_seq); DROP TABLE ix.saved",
+            1,
+            "hash of its id",
+        ),
+        (
+            "UPDATE ix.progress SET through = 50",
+            "UPDATE ix.progress SET through = 40",
+            41,
             "missing from the index",
         ),
         (
-            "INSERT INTO ix.entries (seq, id, time_us, kind) VALUES (99, 'x', 0, 'decision')",
-            "DELETE FROM ix.entries WHERE seq = 99",
-            99,
-            "not in the log",
+            "INSERT INTO ix.batches (first_seq, last_seq, min_time, max_time, last_id, times, ids) \
+             VALUES (41, 99, 0, 0, 'x', x'', x''); UPDATE ix.progress SET through = 99",
+            "DELETE FROM ix.batches WHERE first_seq = 41; UPDATE ix.progress SET through = 40",
+            41,
+            "not all in the log",
         ),
         (
             "UPDATE ix.progress SET through = 30",
@@ -1032,14 +1154,10 @@ fn a_log_with_the_former_in_file_indexes_is_upgraded() {
         .unwrap();
     }
     let mut store = Store::open(&path).unwrap();
-    let left: i64 = store
-        .connection()
-        .query_row(
-            "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'index' AND name LIKE 'records_%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let left = count(
+        &store,
+        "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'index' AND name LIKE 'records_%'",
+    );
     assert_eq!(left, 0, "the former indexes are dropped");
     let records = mixed_records(0, 30);
     let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
