@@ -346,7 +346,12 @@ impl Store {
         let mut batches = self.batches(None, None)?;
         batches.reverse();
         if let Some(t) = near {
-            batches.sort_by_key(|b| (b.min_time - t).max(t - b.max_time).max(0));
+            batches.sort_by_key(|b| {
+                b.min_time
+                    .saturating_sub(t)
+                    .max(t.saturating_sub(b.max_time))
+                    .max(0)
+            });
         }
         for batch in &batches {
             for (o, h) in self.batch_id_hashes(batch)?.into_iter().enumerate() {
@@ -431,7 +436,6 @@ impl Store {
         for batch in self.batches(filter.from_us, filter.until_us)? {
             let len = (batch.last_seq + 1 - batch.first_seq) as usize;
             let mut chosen = vec![false; len];
-            let mut times = Vec::new();
             for (_, seq) in batch_positions(self, &batch, filter, &keys, anchor)? {
                 chosen[(seq - batch.first_seq) as usize] = true;
             }
@@ -459,7 +463,7 @@ impl Store {
             };
             let column = match by {
                 SummaryBy::Day => {
-                    times = self.batch_times(&batch)?;
+                    let times = self.batch_times(&batch)?;
                     let mut days: BTreeMap<String, Vec<usize>> = BTreeMap::new();
                     for (o, _) in chosen.iter().enumerate().filter(|(_, c)| **c) {
                         days.entry(jst_day(times[o])).or_default().push(o);
@@ -475,7 +479,6 @@ impl Store {
                 SummaryBy::Reason => "reason",
                 SummaryBy::Decision => "decision",
             };
-            drop(times);
             // Records without a value count under "", as the tail's COALESCE does.
             let mut unvalued = chosen.clone();
             for (k, offsets) in self.batch_column(&batch, column)? {
