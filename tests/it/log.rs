@@ -44,6 +44,13 @@ fn sql(store: &Store, statement: &str) {
     store.connection().execute_batch(statement).unwrap();
 }
 
+/// What `verify --index` finds wrong with the query columns and the index, if anything.
+fn columns_problem(store: &Store) -> Option<sekimori::audit::verify::Problem> {
+    sekimori::audit::verify::verify_columns(store, |_| {})
+        .unwrap()
+        .problem
+}
+
 /// The single number a query gives.
 fn count(store: &Store, query: &str) -> i64 {
     store
@@ -803,12 +810,7 @@ fn a_small_last_batch_is_built_again_with_the_next_records() {
     let last = i64::try_from(MIN_BATCH).unwrap();
     assert_eq!(batches(&store), vec![(1, last), (last + 1, last + 3)]);
     assert_eq!(query_answers(&store, &ids), before);
-    assert!(
-        sekimori::audit::verify::verify_columns(&store, |_| {})
-            .unwrap()
-            .problem
-            .is_none()
-    );
+    assert_eq!(columns_problem(&store), None);
 }
 
 /// An index file of the former layout (one row per record in `entries`, seven B-tree
@@ -1165,10 +1167,5 @@ fn a_log_with_the_former_in_file_indexes_is_upgraded() {
     let before = query_answers(&store, &ids);
     assert_eq!(store.index_pending(1000).unwrap(), 30);
     assert_eq!(query_answers(&store, &ids), before);
-    assert!(
-        sekimori::audit::verify::verify_columns(&store, |_| {})
-            .unwrap()
-            .problem
-            .is_none()
-    );
+    assert_eq!(columns_problem(&store), None);
 }
