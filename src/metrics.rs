@@ -49,6 +49,10 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
         "sekimori_decisions_total",
         "decisions by decision and reason"
     );
+    metrics::describe_counter!(
+        "sekimori_decision_cache_total",
+        "decisions whose Casbin verdict the policy snapshot remembered (hit) or evaluated (miss)"
+    );
     metrics::describe_histogram!(
         "sekimori_check_seconds",
         "time to answer an access call, decision log commit included"
@@ -84,6 +88,11 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
 
 pub fn decision(allow: bool, reason: &'static str) {
     metrics::counter!("sekimori_decisions_total", "decision" => if allow { "allow" } else { "deny" }, "reason" => reason).increment(1);
+}
+
+/// A decision whose Casbin verdict was remembered (`hit`) or evaluated (`miss`).
+pub fn decision_cache(hit: bool) {
+    metrics::counter!("sekimori_decision_cache_total", "result" => if hit { "hit" } else { "miss" }).increment(1);
 }
 
 pub fn check_latency(call: &'static str, took: Duration) {

@@ -40,7 +40,7 @@ use sekimori::server::proto::{
     BatchCheckRequest, BatchCheckResponse, CheckRequest, CheckResponse, Decision, Environment,
     ListAccessibleRequest, ListAccessibleResponse, Obligation, Rule,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -488,6 +488,22 @@ fn workload(policies: &Path, paths: &DevPaths) -> anyhow::Result<Vec<Stream>> {
         .collect())
 }
 
+/// Which stream (which system's requests) each connection sends: one system per
+/// connection, in order, again from the first when there are more connections than systems.
+fn stream_of_each_connection(connections: usize, streams: usize) -> Vec<usize> {
+    (0..connections.max(1))
+        .map(|c| c % streams.max(1))
+        .collect()
+}
+
+/// How many different requests the load sends: those of the streams its connections use.
+fn distinct_requests_sent(connections: usize, streams: &[Stream]) -> usize {
+    let used: BTreeSet<usize> = stream_of_each_connection(connections, streams.len())
+        .into_iter()
+        .collect();
+    used.iter().map(|&s| streams[s].requests.len()).sum()
+}
+
 /// Most assets a workload draws requests for.
 const MAX_ASSETS: usize = 5_000;
 
@@ -570,6 +586,7 @@ impl Measured {
         });
         if let Some(log) = &self.log {
             result["log"] = log.summary(self.seconds);
+            result["decision_cache_hit_share"] = serde_json::json!(log.verdict_hit_share());
         }
         if let Some(ticks) = self.cpu_while_other {
             let hz = rustix::param::clock_ticks_per_second() as f64;
@@ -676,8 +693,7 @@ impl Running {
         streams: &[Stream],
     ) -> anyhow::Result<Running> {
         let mut channels = Vec::new();
-        for c in 0..args.connections.max(1) {
-            let stream = c % streams.len();
+        for stream in stream_of_each_connection(args.connections, streams.len()) {
             channels.push((stream, connect(addr, paths, &streams[stream].system).await?));
         }
         let reloads = match (args.reload_every, target) {
@@ -872,7 +888,9 @@ async fn scrape(addr: &str) -> anyhow::Result<String> {
 }
 
 /// The decision log's figures in the server's metrics (cumulative since it started):
-/// `sekimori_log_commit_seconds` (a histogram) and `sekimori_log_batch_records` (its sum).
+/// `sekimori_log_commit_seconds` (a histogram) and `sekimori_log_batch_records` (its sum);
+/// beside them, how many decisions found Casbin's verdict remembered
+/// (`sekimori_decision_cache_total`), since that changes what a call costs.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct LogFigures {
     /// `(upper bound in seconds, commits at most that long)`, in the exporter's order
@@ -881,6 +899,8 @@ struct LogFigures {
     commit_seconds: f64,
     commits: f64,
     records: f64,
+    verdicts_remembered: f64,
+    verdicts_evaluated: f64,
 }
 
 impl LogFigures {
@@ -912,6 +932,10 @@ impl LogFigures {
                 f.commits = value;
             } else if key == "sekimori_log_batch_records_sum" {
                 f.records = value;
+            } else if key == "sekimori_decision_cache_total{result=\"hit\"}" {
+                f.verdicts_remembered = value;
+            } else if key == "sekimori_decision_cache_total{result=\"miss\"}" {
+                f.verdicts_evaluated = value;
             }
         }
         f
@@ -938,6 +962,8 @@ impl LogFigures {
             commit_seconds: self.commit_seconds + sign * other.commit_seconds,
             commits: self.commits + sign * other.commits,
             records: self.records + sign * other.records,
+            verdicts_remembered: self.verdicts_remembered + sign * other.verdicts_remembered,
+            verdicts_evaluated: self.verdicts_evaluated + sign * other.verdicts_evaluated,
         }
     }
 
@@ -975,6 +1001,12 @@ impl LogFigures {
             "commit_p99_ms_at_most": self.at_most_ms(0.99),
             "commits_over_1ms_share": within_1ms.map(|n| 1.0 - per_commit(n)),
         })
+    }
+
+    /// The share of decisions whose Casbin verdict the snapshot remembered.
+    fn verdict_hit_share(&self) -> Option<f64> {
+        let all = self.verdicts_remembered + self.verdicts_evaluated;
+        (all > 0.0).then(|| self.verdicts_remembered / all)
     }
 }
 
@@ -1217,7 +1249,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "duration_s": args.duration.as_secs_f64(), "requests": args.requests,
             "warmup_s": args.warmup.as_secs_f64(), "pinned": args.pin,
             "interleave_s": args.interleave.map(|d| d.as_secs_f64()),
-            "distinct_requests": streams.iter().map(|s| s.requests.len()).sum::<usize>(),
+            "distinct_requests": distinct_requests_sent(args.connections, &streams),
             "policies": args.policies.display().to_string(),
         }),
     );
@@ -1329,6 +1361,8 @@ sekimori_log_commit_seconds_bucket{le=\"+Inf\"} 100
 sekimori_log_commit_seconds_sum 0.05
 sekimori_log_commit_seconds_count 100
 sekimori_log_batch_records_sum 700
+sekimori_decision_cache_total{result=\"hit\"} 10
+sekimori_decision_cache_total{result=\"miss\"} 90
 sekimori_check_seconds_bucket{call=\"check\",le=\"0.001\"} 9
 ";
     const AFTER: &str = "sekimori_log_commit_seconds_bucket{le=\"0.0002\"} 250
@@ -1338,6 +1372,8 @@ sekimori_log_commit_seconds_sum 0.25
 sekimori_log_commit_seconds_count 500
 sekimori_log_batch_records_sum 3700
 sekimori_log_batch_records_count 500
+sekimori_decision_cache_total{result=\"hit\"} 2710
+sekimori_decision_cache_total{result=\"miss\"} 390
 ";
 
     #[test]
@@ -1362,6 +1398,24 @@ sekimori_log_batch_records_count 500
         near("commit_p50_ms_at_most", 0.2);
         near("commit_p99_ms_at_most", 1.0);
         near("commits_over_1ms_share", 0.01);
+        // 2,700 of the 3,000 decisions between the scrapes found their verdict remembered.
+        assert_eq!(log.verdict_hit_share(), Some(0.9));
+        assert_eq!(LogFigures::default().verdict_hit_share(), None);
+    }
+
+    #[test]
+    fn only_the_streams_of_open_connections_count_as_sent() {
+        let streams: Vec<Stream> = (0..3)
+            .map(|i| Stream {
+                system: format!("y{i}"),
+                requests: vec![CheckRequest::default(); 10 * (i + 1)],
+            })
+            .collect();
+        assert_eq!(stream_of_each_connection(4, 3), [0, 1, 2, 0]);
+        assert_eq!(stream_of_each_connection(0, 3), [0]);
+        assert_eq!(distinct_requests_sent(2, &streams), 10 + 20);
+        assert_eq!(distinct_requests_sent(4, &streams), 10 + 20 + 30);
+        assert_eq!(distinct_requests_sent(1, &streams), 10);
     }
 
     #[test]

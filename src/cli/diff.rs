@@ -233,7 +233,8 @@ pub fn diff(
                             break_glass_reason: None,
                         },
                     };
-                    let (a, b) = (so.decide(&req), sn.decide(&req));
+                    // Each request once per side: nothing to remember.
+                    let (a, b) = (so.decide_uncached(&req), sn.decide_uncached(&req));
                     if a.allow != b.allow {
                         flips.push(format!(
                             "  {} {label} {action} {asset}{}: {} → {}",

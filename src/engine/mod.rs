@@ -7,6 +7,8 @@
 //!   generated policy rows, and the explainer over the facts (which also names the reason,
 //!   the rule and the obligations). Disagreement is a deny, counted in
 //!   [`Snapshot::disagreements`].
+//! - Casbin's verdict is remembered per snapshot by the request's exact values
+//!   ([`verdicts`]); the explainer runs on every request, remembered or not.
 //! - The policy version is the SHA-256 of `model.conf` and `policy.csv` as exported, so
 //!   it names exactly what decides, including the state used.
 
@@ -14,6 +16,7 @@ pub mod casbin_model;
 pub mod decide;
 pub mod facts;
 pub mod role_manager;
+pub mod verdicts;
 
 use crate::policy::Loaded;
 use crate::policy::index::Index;
@@ -48,6 +51,8 @@ pub struct Snapshot {
     version: Arc<str>,
     rows: usize,
     disagreements: AtomicU64,
+    /// Casbin's verdicts on the requests this snapshot has decided (`verdicts`).
+    verdicts: verdicts::VerdictCache,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -252,6 +257,7 @@ impl Snapshot {
             version,
             rows: expected,
             disagreements: AtomicU64::new(0),
+            verdicts: verdicts::VerdictCache::default(),
         })
     }
 
@@ -278,14 +284,38 @@ impl Snapshot {
         self.enforcer.enforce(request.0).ok()
     }
 
-    /// Decides a request. Never fails: an engine error is a deny.
+    /// Decides a request, as the service does: Casbin's verdict comes from the snapshot's
+    /// [`verdicts::VerdictCache`] when it has decided the same Casbin request before. Never
+    /// fails: an engine error is a deny.
     pub fn decide(&self, req: &Request) -> Decision {
+        self.decide_with(req, true)
+    }
+
+    /// Decides a request with Casbin evaluating it afresh: what a decision costs the engine
+    /// (the benchmarks' distinct requests), and the reference the cached path is tested
+    /// against.
+    pub fn decide_uncached(&self, req: &Request) -> Decision {
+        self.decide_with(req, false)
+    }
+
+    fn decide_with(&self, req: &Request, cached: bool) -> Decision {
         // The explainer looks the asset up on its own (it is the independent evaluation);
         // the Casbin request and the answer share one lookup.
         let verdict = decide::explain(&self.facts, req, None);
         let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
-        let casbin = self.casbin_allows(self.casbin_request_about(req, asset));
+        let request = self.casbin_request_about(req, asset);
+        let casbin = if cached {
+            self.verdicts
+                .verdict(request.0, |values| self.enforcer.enforce(values).ok())
+        } else {
+            self.casbin_allows(request)
+        };
         self.finish(req, verdict, casbin, asset)
+    }
+
+    /// Casbin verdicts this snapshot remembers.
+    pub fn remembered_verdicts(&self) -> usize {
+        self.verdicts.len()
     }
 
     /// Decides with the full trace, for `policy explain` and `policy test`.

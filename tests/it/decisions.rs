@@ -38,10 +38,10 @@ fn the_sample_city_is_valid_and_its_tests_cover_every_reason() {
     }
 }
 
-/// Casbin and the explainer are two evaluations of SPEC §6; on every request of a
-/// generated city they must agree (a disagreement would surface as `internal_error`).
-#[test]
-fn casbin_and_the_explainer_agree_on_a_generated_city() {
+/// A small generated city compiled at noon, and requests over every grant: each action,
+/// from an issued device with MFA and a purpose, from an unmanaged device without, and
+/// with another purpose.
+fn generated_city() -> (Snapshot, Vec<Request>) {
     let dir = tempfile::tempdir().unwrap();
     sekimori::generate::small(dir.path(), 7).unwrap();
     let loaded = sekimori::policy::load(dir.path(), at("2026-06-01"));
@@ -61,8 +61,7 @@ fn casbin_and_the_explainer_agree_on_a_generated_city() {
     )
     .unwrap();
     let bundle = &loaded.bundle;
-    let mut allows = 0;
-    let mut n = 0;
+    let mut requests = Vec::new();
     for (gi, g) in bundle.grants.iter().enumerate() {
         let asset_id = match &g.assets {
             sekimori::policy::model::AssetSelection::List(ids) => ids[0].value.clone(),
@@ -108,7 +107,7 @@ fn casbin_and_the_explainer_agree_on_a_generated_city() {
                 (false, vec![], None),
                 (true, vec!["pwd".to_string()], Some("other")),
             ] {
-                let req = Request {
+                requests.push(Request {
                     system: asset.systems[0].value.clone(),
                     subject: Subject::new(
                         &sub,
@@ -124,13 +123,24 @@ fn casbin_and_the_explainer_agree_on_a_generated_city() {
                         purpose: purpose.map(str::to_string),
                         break_glass_reason: None,
                     },
-                };
-                let d = snap.decide(&req);
-                assert_ne!(d.reason, Reason::InternalError, "disagreement on {req:?}");
-                allows += usize::from(d.allow);
-                n += 1;
+                });
             }
         }
+    }
+    (snap, requests)
+}
+
+/// Casbin and the explainer are two evaluations of SPEC §6; on every request of a
+/// generated city they must agree (a disagreement would surface as `internal_error`).
+#[test]
+fn casbin_and_the_explainer_agree_on_a_generated_city() {
+    let (snap, requests) = generated_city();
+    let mut allows = 0;
+    let n = requests.len();
+    for req in &requests {
+        let d = snap.decide_uncached(req);
+        assert_ne!(d.reason, Reason::InternalError, "disagreement on {req:?}");
+        allows += usize::from(d.allow);
     }
     assert_eq!(snap.disagreements(), 0);
     assert!(
@@ -140,13 +150,37 @@ fn casbin_and_the_explainer_agree_on_a_generated_city() {
     assert!(allows < n, "and denies");
 }
 
+/// The service decides through the snapshot's remembered Casbin verdicts: the first time a
+/// request is seen and every time after, its decision is the one Casbin evaluating afresh
+/// gives, and a snapshot holds a verdict for each distinct Casbin request it decided.
 #[test]
-fn an_unknown_kind_of_subject_is_not_a_subject() {
-    assert_eq!(SubjectKind::parse(Some("admin")), None);
+fn remembered_verdicts_decide_as_casbin_evaluating_afresh() {
+    let (snap, requests) = generated_city();
+    let fields = |d: &sekimori::engine::Decision| {
+        (
+            d.allow,
+            d.reason,
+            d.rule.clone(),
+            d.obligations.clone(),
+            d.policy_version.clone(),
+        )
+    };
+    for req in &requests {
+        let fresh = fields(&snap.decide_uncached(req));
+        assert_eq!(fields(&snap.decide(req)), fresh, "first sight of {req:?}");
+        assert_eq!(fields(&snap.decide(req)), fresh, "remembered for {req:?}");
+    }
+    assert_eq!(snap.disagreements(), 0);
+    let distinct: std::collections::HashSet<_> = requests
+        .iter()
+        .map(|r| format!("{:?}", snap.casbin_request(r).values()))
+        .collect();
+    assert_eq!(snap.remembered_verdicts(), distinct.len());
 }
 
-#[test]
-fn policy_diff_lists_changes_and_flipped_decisions() {
+/// The sample city with one grant narrowed: `koseki-inkan-handlers` (e1010, e1012) no
+/// longer covers `juki-inkan`.
+fn sample_without_the_inkan_grant() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     crate::support::overlay(&repo().join("policies"), tmp.path());
     let grants = tmp.path().join("grants/shimin.yaml");
@@ -155,6 +189,69 @@ fn policy_diff_lists_changes_and_flipped_decisions() {
         "assets: [juki-koseki-fuhyo]",
     );
     std::fs::write(&grants, text).unwrap();
+    tmp
+}
+
+/// Verdicts belong to the snapshot that decided them: after a reload that takes a grant
+/// away, the new snapshot denies a request the old one had allowed (and remembered), and
+/// the old one, still serving requests in flight, keeps its own policy's answer.
+#[test]
+fn a_new_snapshot_remembers_nothing_of_the_old_one() {
+    let at_noon = at("2026-06-01T12:00:00+09:00");
+    let old = Snapshot::compile(
+        &sekimori::policy::load(&repo().join("policies"), at_noon),
+        at_noon,
+        &RuntimeState::default(),
+    )
+    .unwrap();
+    let tmp = sample_without_the_inkan_grant();
+    let new = Snapshot::compile(
+        &sekimori::policy::load(tmp.path(), at_noon),
+        at_noon,
+        &RuntimeState::default(),
+    )
+    .unwrap();
+    let req = Request {
+        system: "juki".into(),
+        subject: Subject::new(
+            "e1010",
+            Some("shimin"),
+            SubjectKind::Staff,
+            None,
+            &["pwd".into(), "fpt".into()],
+        ),
+        asset: "juki-inkan".into(),
+        action: Action::Read,
+        env: Env {
+            device_issued: true,
+            purpose: None,
+            break_glass_reason: None,
+        },
+    };
+    for _ in 0..2 {
+        let d = old.decide(&req);
+        assert!(d.allow, "{:?}", d.reason);
+        assert_eq!(d.reason, Reason::Grant);
+    }
+    assert_eq!(old.remembered_verdicts(), 1);
+    assert_eq!(new.remembered_verdicts(), 0);
+    let d = new.decide(&req);
+    assert!(!d.allow);
+    assert_eq!(d.reason, Reason::NoPermission);
+    assert!(
+        old.decide(&req).allow,
+        "the old snapshot keeps its own answer"
+    );
+}
+
+#[test]
+fn an_unknown_kind_of_subject_is_not_a_subject() {
+    assert_eq!(SubjectKind::parse(Some("admin")), None);
+}
+
+#[test]
+fn policy_diff_lists_changes_and_flipped_decisions() {
+    let tmp = sample_without_the_inkan_grant();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sekimori"))
         .args(["policy", "diff", "--at", "2026-06-01"])
         .arg(repo().join("policies"))
