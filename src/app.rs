@@ -112,7 +112,10 @@ impl App {
                 source,
             }
         })?;
-        let pdp = Arc::new(Pdp::new(Arc::new(log.clone()) as Arc<dyn DecisionLog>));
+        let pdp = Arc::new(
+            Pdp::new(Arc::new(log.clone()) as Arc<dyn DecisionLog>)
+                .with_verdict_cache(config.limits.verdict_cache),
+        );
         let state_path = config.data_dir.join("state.json");
         let mut state = StateFile::load(&state_path)?;
         state.prune(chrono::Utc::now());

@@ -81,6 +81,7 @@ struct RawLimits {
     max_batch: Option<usize>,
     max_concurrent_requests: Option<usize>,
     request_timeout: Option<String>,
+    verdict_cache: Option<usize>,
 }
 
 /// Claim names in subject tokens (SPEC §5 defaults).
@@ -133,6 +134,8 @@ pub struct Limits {
     pub max_batch: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// Casbin verdicts each policy snapshot remembers (`engine::verdicts`); 0: none.
+    pub verdict_cache: usize,
 }
 
 impl Default for Limits {
@@ -142,6 +145,7 @@ impl Default for Limits {
             max_batch: 1000,
             max_concurrent_requests: 1024,
             request_timeout: Duration::from_secs(5),
+            verdict_cache: crate::engine::verdicts::CAPACITY,
         }
     }
 }
@@ -179,6 +183,8 @@ pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// Largest batch the API accepts (SPEC §9).
 pub const MAX_BATCH: usize = 1000;
+/// Most verdicts a snapshot may be told to remember: about 600 MiB, per snapshot.
+pub const MAX_VERDICT_CACHE: usize = 4 * 1024 * 1024;
 
 /// Parses `"500ms"`, `"30s"`, `"2m"`, `"1h"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -245,6 +251,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "max_batch",
             "max_concurrent_requests",
             "request_timeout",
+            "verdict_cache",
         ],
     ),
     ("metrics", &["listen", "enabled"]),
@@ -381,6 +388,12 @@ impl Config {
                 "`limits.max_batch`: {max_batch} is outside 1..={MAX_BATCH}"
             ));
         }
+        let verdict_cache = raw.limits.verdict_cache.unwrap_or(defaults.verdict_cache);
+        if verdict_cache > MAX_VERDICT_CACHE {
+            problems.push(format!(
+                "`limits.verdict_cache`: {verdict_cache} is outside 0..={MAX_VERDICT_CACHE} (each verdict takes about 150 bytes, twice while a reload compiles)"
+            ));
+        }
         let max_bytes = raw.tokens.max_bytes.unwrap_or(16 * 1024);
         if !(256..=1024 * 1024).contains(&max_bytes) {
             problems.push(format!(
@@ -438,6 +451,7 @@ impl Config {
                     .unwrap_or(defaults.max_concurrent_requests)
                     .max(1),
                 request_timeout,
+                verdict_cache,
             },
         })
     }
@@ -467,6 +481,7 @@ checkpoint_key = "keys/checkpoint.pem"
         assert_eq!(c.tls.cert, PathBuf::from("/etc/sekimori/tls/server.pem"));
         assert_eq!(c.tokens.leeway, Duration::from_secs(30));
         assert_eq!(c.limits.max_batch, 1000);
+        assert_eq!(c.limits.verdict_cache, 32_768);
         assert_eq!(c.tokens.claims, ClaimNames::default());
         assert_eq!(c.log.path, PathBuf::from("/etc/sekimori/data/decisions.db"));
         assert_eq!(c.log.checkpoint_every, 10_000);
@@ -485,11 +500,25 @@ checkpoint_key = "keys/checkpoint.pem"
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let text = format!(
-            "listen = \"nowhere\"\nshutdown_grace = \"soon\"\n{MINIMAL}\n[limits]\nmax_batch = 5000\n"
+            "listen = \"nowhere\"\nshutdown_grace = \"soon\"\n{MINIMAL}\n[limits]\nmax_batch = 5000\nverdict_cache = 99999999\n"
         );
         let e = Config::parse(&text, Path::new(".")).unwrap_err();
-        for key in ["`listen`", "`shutdown_grace`", "`limits.max_batch`"] {
+        for key in [
+            "`listen`",
+            "`shutdown_grace`",
+            "`limits.max_batch`",
+            "`limits.verdict_cache`",
+        ] {
             assert!(e.contains(key), "{key} missing in: {e}");
+        }
+    }
+
+    #[test]
+    fn the_verdict_cache_can_be_sized_or_turned_off() {
+        for (value, want) in [("0", 0), ("200000", 200_000)] {
+            let text = format!("{MINIMAL}\n[limits]\nverdict_cache = {value}\n");
+            let c = Config::parse(&text, Path::new(".")).unwrap();
+            assert_eq!(c.limits.verdict_cache, want);
         }
     }
 

@@ -72,6 +72,8 @@ pub const MAX_SCAN_PER_PAGE: usize = 5_000;
 pub struct Pdp {
     snapshot: ArcSwapOption<Snapshot>,
     log: Arc<dyn DecisionLog>,
+    /// Room for remembered verdicts in each snapshot installed (`limits.verdict_cache`).
+    verdict_cache: usize,
 }
 
 impl std::fmt::Debug for Pdp {
@@ -103,11 +105,19 @@ impl Pdp {
         Pdp {
             snapshot: ArcSwapOption::empty(),
             log,
+            verdict_cache: crate::engine::verdicts::CAPACITY,
         }
+    }
+
+    /// Gives each snapshot installed from now on room for `entries` remembered verdicts.
+    pub fn with_verdict_cache(mut self, entries: usize) -> Self {
+        self.verdict_cache = entries;
+        self
     }
 
     /// Swaps in a new snapshot; requests in flight keep the one they loaded.
     pub fn install(&self, snapshot: Snapshot) {
+        let snapshot = snapshot.with_verdict_cache(self.verdict_cache);
         let new_version = snapshot.version().to_string();
         if let Some(old) = self.snapshot.load().as_ref() {
             if **old.version() != *new_version {
@@ -286,5 +296,61 @@ impl Pdp {
             next: (pos < held.len()).then_some(pos),
             policy_version: snap.version().clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::SubjectKind;
+    use crate::policy::model::RuntimeState;
+
+    /// A log that accepts every record at once.
+    struct Accepting;
+
+    impl DecisionLog for Accepting {
+        fn commit(&self, _records: Vec<Record>) -> CommitFuture<'_> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[test]
+    fn each_snapshot_installed_gets_the_configured_room_for_verdicts() {
+        let at = crate::time::parse_policy_time("2026-06-01T12:00:00+09:00").expect("time");
+        let loaded = crate::policy::load(std::path::Path::new("policies"), at);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let subject = Subject::new(
+            "e1010",
+            Some("shimin"),
+            SubjectKind::Staff,
+            None,
+            &["pwd".into(), "fpt".into()],
+        );
+        let question = Question {
+            asset: "juki-inkan".into(),
+            action: Action::Read,
+            env: Env {
+                device_issued: true,
+                purpose: None,
+                break_glass_reason: None,
+            },
+            request_id: None,
+        };
+        for (room, remembered) in [(0, 0), (16, 1)] {
+            let pdp = Pdp::new(Arc::new(Accepting)).with_verdict_cache(room);
+            let snapshot =
+                Snapshot::compile(&loaded, at, &RuntimeState::default()).expect("compiles");
+            pdp.install(snapshot);
+            for _ in 0..2 {
+                let answers = rt
+                    .block_on(pdp.check("juki", &subject, std::slice::from_ref(&question)))
+                    .expect("decided");
+                assert!(answers[0].decision.allow, "room {room}");
+            }
+            let installed = pdp.snapshot().expect("installed");
+            assert_eq!(installed.remembered_verdicts(), remembered, "room {room}");
+        }
     }
 }

@@ -454,7 +454,7 @@ fn test(a: &TestArgs) -> anyhow::Result<u8> {
         let loc = loaded.bundle.sources.location(t.span);
         let problems = match Request::from_test_case(t) {
             Ok(req) => {
-                let d = snap.decide(&req);
+                let d = snap.decide_uncached(&req);
                 cases.push(serde_json::json!({
                     "snapshot": pos, "name": t.name, "location": loc.to_string(),
                     "request": snap.casbin_request(&req), "allow": d.allow, "reason": d.reason.as_str(),

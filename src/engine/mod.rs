@@ -313,6 +313,13 @@ impl Snapshot {
         self.finish(req, verdict, casbin, asset)
     }
 
+    /// The snapshot with room for `entries` remembered verdicts (0: none), set before it
+    /// serves.
+    pub fn with_verdict_cache(mut self, entries: usize) -> Snapshot {
+        self.verdicts = verdicts::VerdictCache::with_capacity(entries);
+        self
+    }
+
     /// Casbin verdicts this snapshot remembers.
     pub fn remembered_verdicts(&self) -> usize {
         self.verdicts.len()

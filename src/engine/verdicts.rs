@@ -14,15 +14,16 @@
 //! - only Casbin's verdict is kept. The explainer still runs on every request (it names the
 //!   reason, the rule and the obligations), and an allow still needs both to agree;
 //! - an evaluation that failed is not kept (it is a deny, and the next request tries again);
-//! - it is bounded ([`CAPACITY`] entries, S3-FIFO eviction by `quick_cache`), sharded, and
-//!   takes no lock shared by all requests.
+//! - it is bounded (`limits.verdict_cache`, by default [`CAPACITY`] entries; 0 turns it
+//!   off), evicts by S3-FIFO (`quick_cache`), is sharded, and takes no lock shared by all
+//!   requests.
 
 use casbin::rhai::{Dynamic, ImmutableString};
 use quick_cache::UnitWeighter;
 use quick_cache::sync::Cache;
 
-/// Most verdicts one snapshot keeps: about 6 MiB at the sample load's key sizes. While a
-/// reload compiles, two snapshots (and so two caches) are alive.
+/// Most verdicts one snapshot keeps by default (`limits.verdict_cache`): about 5 MiB at the
+/// city's key sizes. While a reload compiles, two snapshots (and so two caches) are alive.
 pub const CAPACITY: usize = 32_768;
 
 /// Tags of the key's encoding: a flag's value, or a string's start.
@@ -55,15 +56,15 @@ impl VerdictKey {
     }
 }
 
-/// One snapshot's remembered verdicts.
+/// One snapshot's remembered verdicts (none when configured with no room).
 pub struct VerdictCache {
-    verdicts: Cache<VerdictKey, bool, UnitWeighter, foldhash::fast::RandomState>,
+    verdicts: Option<Cache<VerdictKey, bool, UnitWeighter, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for VerdictCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VerdictCache")
-            .field("len", &self.verdicts.len())
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -75,15 +76,18 @@ impl Default for VerdictCache {
 }
 
 impl VerdictCache {
+    /// Room for `capacity` verdicts; 0 remembers none (every request is evaluated).
     pub fn with_capacity(capacity: usize) -> Self {
         VerdictCache {
-            verdicts: Cache::with(
-                capacity,
-                capacity as u64,
-                UnitWeighter,
-                foldhash::fast::RandomState::default(),
-                Default::default(),
-            ),
+            verdicts: (capacity > 0).then(|| {
+                Cache::with(
+                    capacity,
+                    capacity as u64,
+                    UnitWeighter,
+                    foldhash::fast::RandomState::default(),
+                    Default::default(),
+                )
+            }),
         }
     }
 
@@ -94,26 +98,26 @@ impl VerdictCache {
         values: Vec<Dynamic>,
         evaluate: impl FnOnce(Vec<Dynamic>) -> Option<bool>,
     ) -> Option<bool> {
-        let Some(key) = VerdictKey::of(&values) else {
+        let (Some(verdicts), Some(key)) = (&self.verdicts, VerdictKey::of(&values)) else {
             return evaluate(values);
         };
-        if let Some(known) = self.verdicts.get(&key) {
+        if let Some(known) = verdicts.get(&key) {
             crate::metrics::decision_cache(true);
             return Some(known);
         }
         crate::metrics::decision_cache(false);
         let verdict = evaluate(values)?;
-        self.verdicts.insert(key, verdict);
+        verdicts.insert(key, verdict);
         Some(verdict)
     }
 
     /// Verdicts held now.
     pub fn len(&self) -> usize {
-        self.verdicts.len()
+        self.verdicts.as_ref().map_or(0, Cache::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.verdicts.is_empty()
+        self.len() == 0
     }
 }
 
@@ -186,6 +190,21 @@ mod tests {
         assert_eq!(ask(vec![text("b")], Some(true)), Some(true));
         assert_eq!(calls.get(), 3);
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn with_no_room_every_request_is_evaluated() {
+        let cache = VerdictCache::with_capacity(0);
+        let calls = Cell::new(0);
+        for _ in 0..3 {
+            let got = cache.verdict(vec![text("a")], |_| {
+                calls.set(calls.get() + 1);
+                Some(true)
+            });
+            assert_eq!(got, Some(true));
+        }
+        assert_eq!(calls.get(), 3);
+        assert!(cache.is_empty());
     }
 
     #[test]
