@@ -98,7 +98,10 @@ impl VerdictCache {
         values: Vec<Dynamic>,
         evaluate: impl FnOnce(Vec<Dynamic>) -> Option<bool>,
     ) -> Option<bool> {
-        let (Some(verdicts), Some(key)) = (&self.verdicts, VerdictKey::of(&values)) else {
+        let Some(verdicts) = &self.verdicts else {
+            return evaluate(values);
+        };
+        let Some(key) = VerdictKey::of(&values) else {
             return evaluate(values);
         };
         if let Some(known) = verdicts.get(&key) {
