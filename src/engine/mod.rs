@@ -305,8 +305,9 @@ impl Snapshot {
         let asset = self.facts.asset(&req.asset).map(|(_, a)| a);
         let request = self.casbin_request_about(req, asset);
         let casbin = if cached {
-            self.verdicts
-                .verdict(request.0, |values| self.enforcer.enforce(values).ok())
+            self.verdicts.verdict(request.0, |values| {
+                self.casbin_allows(CasbinRequest(values))
+            })
         } else {
             self.casbin_allows(request)
         };
