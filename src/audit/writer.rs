@@ -69,8 +69,9 @@ pub struct WriterStats {
     pub failed_commits: AtomicU64,
     pub last_group: AtomicU64,
     pub head_seq: AtomicU64,
-    /// Hex chain hash of the last committed record.
-    pub head_hash: std::sync::Mutex<String>,
+    /// Chain hash of the last committed record (hex-encoded by whoever reads it, so that a
+    /// commit allocates nothing for it).
+    pub head_hash: std::sync::Mutex<[u8; 32]>,
     pub last_checkpoint_seq: AtomicU64,
     /// The last record in the auditors' index.
     pub indexed_seq: AtomicU64,
@@ -107,7 +108,7 @@ impl LogWriter {
         let stats = Arc::new(WriterStats::default());
         stats.head_seq.store(head.seq, Ordering::Relaxed);
         if let Ok(mut h) = stats.head_hash.lock() {
-            *h = hex::encode(head.hash);
+            *h = head.hash;
         }
         let thread_stats = stats.clone();
         let unhealthy = Arc::new(AtomicBool::new(false));
@@ -163,7 +164,7 @@ impl LogWriter {
                                 .store(group.len() as u64, Ordering::Relaxed);
                             thread_stats.head_seq.store(head.seq, Ordering::Relaxed);
                             if let Ok(mut h) = thread_stats.head_hash.lock() {
-                                *h = hex::encode(head.hash);
+                                *h = head.hash;
                             }
                             if unhealthy.swap(false, Ordering::SeqCst) {
                                 tracing::info!("the decision log commits again");

@@ -174,7 +174,7 @@ impl Admin for AdminService {
                 })
                 .collect(),
             log_head_hash: stats
-                .and_then(|s| s.head_hash.lock().ok().map(|h| h.clone()))
+                .and_then(|s| s.head_hash.lock().ok().map(|h| hex::encode(*h)))
                 .unwrap_or_default(),
             log_head_seq: stats
                 .map_or(0, |s| s.head_seq.load(std::sync::atomic::Ordering::Relaxed)),

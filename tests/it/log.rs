@@ -1169,3 +1169,37 @@ fn a_log_with_the_former_in_file_indexes_is_upgraded() {
     assert_eq!(query_answers(&store, &ids), before);
     assert_eq!(columns_problem(&store), None);
 }
+
+/// A group that fails after some of its records were inserted leaves none of them: the
+/// transaction is rolled back, the store's write lock released, and the next group starts
+/// from the same head and chains on as if the failed one had never been sent.
+#[test]
+fn a_group_failing_midway_leaves_nothing_and_the_next_one_chains_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let mut store = Store::open(&path).unwrap();
+    let head = store
+        .append(store.head().unwrap(), &mixed_records(0, 2))
+        .unwrap();
+    assert_eq!(head.seq, 2);
+    // A row in the way of the group's second record: its first is inserted, then the
+    // second fails on the primary key.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute(
+            "INSERT INTO records (seq, id, time_us, kind, body, hash) VALUES (4, 'stray', 0, 'decision', x'00', x'00')",
+            [],
+        )
+        .unwrap();
+    assert!(store.append(head, &mixed_records(2, 2)).is_err());
+    // The failed group holds no lock: another connection writes at once.
+    other
+        .execute("DELETE FROM records WHERE seq = 4", [])
+        .expect("the failed group's transaction is still open");
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM records"), 2);
+    let next = store.append(head, &mixed_records(2, 1)).unwrap();
+    assert_eq!(next.seq, 3);
+    let report = verify(&store, None, None, |_| {}).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.records, 3);
+}
