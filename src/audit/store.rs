@@ -761,6 +761,10 @@ impl Store {
         // BEGIN and COMMIT as cached statements, not `Connection::transaction`: that parses
         // both again for every group, and the writer commits a thousand groups a second.
         // IMMEDIATE: the group is a write, so the write lock is taken at once.
+        if !self.conn.is_autocommit() {
+            // A failed group whose rollback failed too left its transaction open.
+            self.conn.execute_batch("ROLLBACK")?;
+        }
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         let appended = self.insert(head, records).and_then(|next| {
             self.conn.prepare_cached("COMMIT")?.execute([])?;

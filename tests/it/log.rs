@@ -1172,7 +1172,8 @@ fn a_log_with_the_former_in_file_indexes_is_upgraded() {
 
 /// A group that fails after some of its records were inserted leaves none of them: the
 /// transaction is rolled back, the store's write lock released, and the next group starts
-/// from the same head and chains on as if the failed one had never been sent.
+/// from the same head and chains on as if the failed one had never been sent. A transaction
+/// still open when a group begins is ended first.
 #[test]
 fn a_group_failing_midway_leaves_nothing_and_the_next_one_chains_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -1199,7 +1200,12 @@ fn a_group_failing_midway_leaves_nothing_and_the_next_one_chains_on() {
     assert_eq!(count(&store, "SELECT COUNT(*) FROM records"), 2);
     let next = store.append(head, &mixed_records(2, 1)).unwrap();
     assert_eq!(next.seq, 3);
+    // A transaction left open (a rollback that failed as well) is ended before the next
+    // group begins, rather than failing every group after it.
+    store.connection().execute_batch("BEGIN").unwrap();
+    let last = store.append(next, &mixed_records(3, 1)).unwrap();
+    assert_eq!(last.seq, 4);
     let report = verify(&store, None, None, |_| {}).unwrap();
     assert!(report.ok(), "{report:?}");
-    assert_eq!(report.records, 3);
+    assert_eq!(report.records, 4);
 }
