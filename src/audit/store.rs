@@ -760,12 +760,14 @@ impl Store {
     pub fn append(&mut self, head: Head, records: &[Record]) -> Result<Head, StoreError> {
         // BEGIN and COMMIT as cached statements, not `Connection::transaction`: that parses
         // both again for every group, and the writer commits a thousand groups a second.
-        // IMMEDIATE: the group is a write, so the write lock is taken at once.
+        // Deferred, as `transaction` began it: the first insert takes the write lock of the
+        // log's file alone. `BEGIN IMMEDIATE` would take the write lock of every attached
+        // file, the auditors' index too, and wait behind the indexer's transactions there.
         if !self.conn.is_autocommit() {
             // A failed group whose rollback failed too left its transaction open.
             self.conn.execute_batch("ROLLBACK")?;
         }
-        self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
         let appended = self.insert(head, records).and_then(|next| {
             self.conn.prepare_cached("COMMIT")?.execute([])?;
             Ok(next)

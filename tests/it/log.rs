@@ -1209,3 +1209,27 @@ fn a_group_failing_midway_leaves_nothing_and_the_next_one_chains_on() {
     assert!(report.ok(), "{report:?}");
     assert_eq!(report.records, 4);
 }
+
+/// A group commit takes the write lock of the log's file only: while the indexer holds a
+/// transaction on the auditors' index file, decisions still commit without waiting for it.
+#[test]
+fn a_group_commits_while_the_index_file_is_being_written() {
+    use sekimori::audit::store::index_path;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let mut store = Store::open(&path).unwrap();
+    let head = store
+        .append(store.head().unwrap(), &mixed_records(0, 1))
+        .unwrap();
+    let indexer = rusqlite::Connection::open(index_path(&path)).unwrap();
+    indexer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let next = store
+        .append(head, &mixed_records(1, 2))
+        .expect("the commit waited for the index file's lock");
+    assert_eq!(next.seq, 3);
+    // Waiting would have taken the store's busy timeout (seconds); this is a lock test,
+    // not a timing one, so the bound is loose.
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    indexer.execute_batch("ROLLBACK").unwrap();
+}
