@@ -1170,18 +1170,24 @@ fn a_log_with_the_former_in_file_indexes_is_upgraded() {
     assert_eq!(columns_problem(&store), None);
 }
 
+/// A new log (kept in the returned directory) holding `n` mixed records, open for writing.
+fn log_of(n: u64) -> (tempfile::TempDir, std::path::PathBuf, Store, Head) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let mut store = Store::open(&path).unwrap();
+    let head = store
+        .append(store.head().unwrap(), &mixed_records(0, n))
+        .unwrap();
+    (dir, path, store, head)
+}
+
 /// A group that fails after some of its records were inserted leaves none of them: the
 /// transaction is rolled back, the store's write lock released, and the next group starts
 /// from the same head and chains on as if the failed one had never been sent. A transaction
 /// still open when a group begins is ended first.
 #[test]
 fn a_group_failing_midway_leaves_nothing_and_the_next_one_chains_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.db");
-    let mut store = Store::open(&path).unwrap();
-    let head = store
-        .append(store.head().unwrap(), &mixed_records(0, 2))
-        .unwrap();
+    let (_dir, path, mut store, head) = log_of(2);
     assert_eq!(head.seq, 2);
     // A row in the way of the group's second record: its first is inserted, then the
     // second fails on the primary key.
@@ -1215,12 +1221,7 @@ fn a_group_failing_midway_leaves_nothing_and_the_next_one_chains_on() {
 #[test]
 fn a_group_commits_while_the_index_file_is_being_written() {
     use sekimori::audit::store::index_path;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.db");
-    let mut store = Store::open(&path).unwrap();
-    let head = store
-        .append(store.head().unwrap(), &mixed_records(0, 1))
-        .unwrap();
+    let (_dir, path, mut store, head) = log_of(1);
     let indexer = rusqlite::Connection::open(index_path(&path)).unwrap();
     indexer.execute_batch("BEGIN IMMEDIATE").unwrap();
     let started = std::time::Instant::now();
