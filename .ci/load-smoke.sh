@@ -2,7 +2,8 @@
 # A seconds-long run of the load tool (sekimori-load) so it cannot rot: both targets
 # (sekimori serve --dev with its durable log, and the empty tonic handler) must answer
 # every call, and the summary must carry the ratio, the CPU per call and what sekimori's
-# log did (commits, records per commit, commit time, read from its metrics). Once unpinned
+# log did (commits, records per commit, commit time) and how long its handler took, both read
+# from its metrics. Once unpinned
 # with the durable empty handler as a third target (the fsync floor), once pinned to cores,
 # once with the two targets in alternating slices.
 # Debug build: the figures are not benchmarks (BENCHMARKS.md has those, in release).
@@ -27,6 +28,11 @@ log = s["sekimori"]["log"]
 assert log["commits_per_s"] > 0 and log["records_per_commit"] >= 1, log
 assert log["commit_mean_ms"] > 0 and log["commit_p99_ms_at_most"] is not None, log
 assert "log" not in s["empty"], s["empty"]
+# The server's own time for its calls: as many as the callers made, a p99 bound to set
+# beside theirs.
+handler = s["sekimori"]["handler"]
+assert handler["calls"] >= s["sekimori"]["ok"] and handler["p99_ms_at_most"] is not None, handler
+assert "handler" not in s["empty"], s["empty"]
 if sys.argv[2].startswith("--interleave"):
     assert s["load"]["interleave_s"] == 0.5, s["load"]
     assert s["sekimori"]["server_cpu_ms_while_other_measured"] >= 0, s["sekimori"]

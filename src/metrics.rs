@@ -37,6 +37,17 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
             ],
         )
         .map_err(|e| e.to_string())?
+        // An access call: steps of 0.25–1 ms up to 5 ms, SPEC §11's bound on `Check`'s
+        // p99, so that the share of calls within it and where the p99 lies can be read off
+        // the histogram (the load tool does: its `handler` figures).
+        .set_buckets_for_metric(
+            Matcher::Full("sekimori_check_seconds".into()),
+            &[
+                0.000_1, 0.000_25, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.002_5, 0.003, 0.004,
+                0.005, 0.007_5, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ],
+        )
+        .map_err(|e| e.to_string())?
         // Records, not seconds: powers of two up to the writer's largest group.
         .set_buckets_for_metric(
             Matcher::Full("sekimori_log_batch_records".into()),

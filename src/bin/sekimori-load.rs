@@ -11,7 +11,10 @@
 //! checkpointer), and of the load tool itself, read from Linux `/proc` over the measured
 //! interval, and the ratio of the two servers' CPU per call. For sekimori it adds, under
 //! `log`, what its decision log did meanwhile, from the server's own metrics: group commits
-//! per second, records per commit, and how long a commit (mostly its fsync) took.
+//! per second, records per commit, and how long a commit (mostly its fsync) took; and under
+//! `handler`, how long its `Check` handler took by its own clock, the commit included,
+//! which sets the time a call spends in the server's handler apart from the time in TLS,
+//! HTTP/2, the sockets and the load tool.
 //!
 //! `--pin` runs the servers on core 0 and the load on core 1 (through `taskset`), so the
 //! two do not compete for the same core.
@@ -587,6 +590,7 @@ impl Measured {
         if let Some(log) = &self.log {
             result["log"] = log.summary(self.seconds);
             result["decision_cache_hit_share"] = serde_json::json!(log.verdict_hit_share());
+            result["handler"] = log.handler_summary();
         }
         if let Some(ticks) = self.cpu_while_other {
             let hz = rustix::param::clock_ticks_per_second() as f64;
@@ -887,20 +891,117 @@ async fn scrape(addr: &str) -> anyhow::Result<String> {
     }
 }
 
-/// The decision log's figures in the server's metrics (cumulative since it started):
-/// `sekimori_log_commit_seconds` (a histogram) and `sekimori_log_batch_records` (its sum);
-/// beside them, how many decisions found Casbin's verdict remembered
-/// (`sekimori_decision_cache_total`), since that changes what a call costs.
+/// A Prometheus histogram as the exporter shows it: cumulative buckets, sum and count.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Histogram {
+    /// `(upper bound in seconds, observations at most that large)`, in the exporter's
+    /// order (ascending, `+Inf` last).
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl Histogram {
+    /// Takes `key value` if `key` is one of the histogram `name{labels…}`'s series (`labels`
+    /// is what comes before `le` in its buckets, e.g. `call="check",`); whether it did.
+    fn take(&mut self, name: &str, labels: &str, key: &str, value: f64) -> bool {
+        let Some(rest) = key.strip_prefix(name) else {
+            return false;
+        };
+        let series = |suffix: &str| {
+            let braces = labels.trim_end_matches(',');
+            if braces.is_empty() {
+                suffix.to_string()
+            } else {
+                format!("{suffix}{{{braces}}}")
+            }
+        };
+        if let Some(le) = rest
+            .strip_prefix("_bucket{")
+            .and_then(|r| r.strip_prefix(labels))
+            .and_then(|r| r.strip_prefix("le=\""))
+            .and_then(|r| r.strip_suffix("\"}"))
+        {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                match le.parse() {
+                    Ok(b) => b,
+                    Err(_) => return false,
+                }
+            };
+            self.buckets.push((bound, value));
+        } else if rest == series("_sum") {
+            self.sum = value;
+        } else if rest == series("_count") {
+            self.count = value;
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// `self + sign × other`, bucket by bucket (on `self`'s bounds).
+    fn combined(&self, other: &Histogram, sign: f64) -> Histogram {
+        Histogram {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(b, n)| (b, n + sign * other.within(b).unwrap_or(0.0)))
+                .collect(),
+            sum: self.sum + sign * other.sum,
+            count: self.count + sign * other.count,
+        }
+    }
+
+    /// Observations at most `bound` seconds, if the histogram has that bound.
+    fn within(&self, bound: f64) -> Option<f64> {
+        self.buckets
+            .iter()
+            .find(|(b, _)| *b == bound)
+            .map(|(_, n)| *n)
+    }
+
+    /// The smallest bucket bound that at least `share` of the observations stayed within,
+    /// in ms.
+    fn at_most_ms(&self, share: f64) -> Option<f64> {
+        self.buckets
+            .iter()
+            .find(|(b, n)| b.is_finite() && *n >= share * self.count)
+            // Whole µs, in ms: the bounds are given in seconds.
+            .map(|(b, _)| (b * 1e6).round() / 1e3)
+    }
+
+    /// The share of observations over `bound` seconds, if the histogram has that bound.
+    fn share_over(&self, bound: f64) -> Option<f64> {
+        let n = self.within(bound)?;
+        (self.count > 0.0).then(|| 1.0 - n / self.count)
+    }
+
+    /// The mean in ms (0 with no observations).
+    fn mean_ms(&self) -> f64 {
+        if self.count > 0.0 {
+            self.sum / self.count * 1000.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The server's own figures in its metrics (cumulative since it started): the decision
+/// log's `sekimori_log_commit_seconds` (a histogram) and `sekimori_log_batch_records` (its
+/// sum); how many decisions found Casbin's verdict remembered
+/// (`sekimori_decision_cache_total`), since that changes what a call costs; and how long
+/// its `Check` handler took (`sekimori_check_seconds{call="check"}`), which sets apart
+/// the time a call spends in the server's handler, its commit included, from the time in
+/// TLS, HTTP/2, the sockets and the load tool.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct LogFigures {
-    /// `(upper bound in seconds, commits at most that long)`, in the exporter's order
-    /// (ascending, `+Inf` last).
-    commit_buckets: Vec<(f64, f64)>,
-    commit_seconds: f64,
-    commits: f64,
+    commit: Histogram,
     records: f64,
     verdicts_remembered: f64,
     verdicts_evaluated: f64,
+    check: Histogram,
 }
 
 impl LogFigures {
@@ -913,29 +1014,17 @@ impl LogFigures {
             let Ok(value) = value.parse::<f64>() else {
                 continue;
             };
-            if let Some(le) = key
-                .strip_prefix("sekimori_log_commit_seconds_bucket{le=\"")
-                .and_then(|rest| rest.strip_suffix("\"}"))
+            if f.commit.take("sekimori_log_commit_seconds", "", key, value)
+                || f.check
+                    .take("sekimori_check_seconds", "call=\"check\",", key, value)
             {
-                let bound = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    match le.parse() {
-                        Ok(b) => b,
-                        Err(_) => continue,
-                    }
-                };
-                f.commit_buckets.push((bound, value));
-            } else if key == "sekimori_log_commit_seconds_sum" {
-                f.commit_seconds = value;
-            } else if key == "sekimori_log_commit_seconds_count" {
-                f.commits = value;
-            } else if key == "sekimori_log_batch_records_sum" {
-                f.records = value;
-            } else if key == "sekimori_decision_cache_total{result=\"hit\"}" {
-                f.verdicts_remembered = value;
-            } else if key == "sekimori_decision_cache_total{result=\"miss\"}" {
-                f.verdicts_evaluated = value;
+                continue;
+            }
+            match key {
+                "sekimori_log_batch_records_sum" => f.records = value,
+                "sekimori_decision_cache_total{result=\"hit\"}" => f.verdicts_remembered = value,
+                "sekimori_decision_cache_total{result=\"miss\"}" => f.verdicts_evaluated = value,
+                _ => {}
             }
         }
         f
@@ -951,55 +1040,41 @@ impl LogFigures {
         self.combined(more, 1.0)
     }
 
-    /// `self + sign × other`, bucket by bucket (on `self`'s bounds).
+    /// `self + sign × other`.
     fn combined(&self, other: &LogFigures, sign: f64) -> LogFigures {
         LogFigures {
-            commit_buckets: self
-                .commit_buckets
-                .iter()
-                .map(|&(b, n)| (b, n + sign * other.within(b).unwrap_or(0.0)))
-                .collect(),
-            commit_seconds: self.commit_seconds + sign * other.commit_seconds,
-            commits: self.commits + sign * other.commits,
+            commit: self.commit.combined(&other.commit, sign),
             records: self.records + sign * other.records,
             verdicts_remembered: self.verdicts_remembered + sign * other.verdicts_remembered,
             verdicts_evaluated: self.verdicts_evaluated + sign * other.verdicts_evaluated,
+            check: self.check.combined(&other.check, sign),
         }
     }
 
-    /// Commits at most `bound` seconds long, if the histogram has that bound.
-    fn within(&self, bound: f64) -> Option<f64> {
-        self.commit_buckets
-            .iter()
-            .find(|(b, _)| *b == bound)
-            .map(|(_, n)| *n)
-    }
-
-    /// The smallest bucket bound that at least `share` of the commits stayed within, in ms.
-    fn at_most_ms(&self, share: f64) -> Option<f64> {
-        self.commit_buckets
-            .iter()
-            .find(|(b, n)| b.is_finite() && *n >= share * self.commits)
-            // Whole µs, in ms: the bounds are given in seconds.
-            .map(|(b, _)| (b * 1e6).round() / 1e3)
-    }
-
     fn summary(&self, seconds: f64) -> serde_json::Value {
-        let per_commit = |x: f64| {
-            if self.commits > 0.0 {
-                x / self.commits
-            } else {
-                0.0
-            }
-        };
-        let within_1ms = self.within(0.001);
+        let commits = self.commit.count;
+        let per_commit = |x: f64| if commits > 0.0 { x / commits } else { 0.0 };
         serde_json::json!({
-            "commits_per_s": self.commits / seconds.max(f64::MIN_POSITIVE),
+            "commits_per_s": commits / seconds.max(f64::MIN_POSITIVE),
             "records_per_commit": per_commit(self.records),
-            "commit_mean_ms": per_commit(self.commit_seconds) * 1000.0,
-            "commit_p50_ms_at_most": self.at_most_ms(0.5),
-            "commit_p99_ms_at_most": self.at_most_ms(0.99),
-            "commits_over_1ms_share": within_1ms.map(|n| 1.0 - per_commit(n)),
+            "commit_mean_ms": self.commit.mean_ms(),
+            "commit_p50_ms_at_most": self.commit.at_most_ms(0.5),
+            "commit_p99_ms_at_most": self.commit.at_most_ms(0.99),
+            "commits_over_1ms_share": self.commit.share_over(0.001),
+        })
+    }
+
+    /// The server's own view of its `Check` calls (`null` where its metrics have no such
+    /// figure): how long its handler took, the log's commit included. The rest of what
+    /// the callers measured was TLS, HTTP/2, the sockets and the load tool.
+    fn handler_summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "calls": self.check.count,
+            "mean_ms": self.check.mean_ms(),
+            "p50_ms_at_most": self.check.at_most_ms(0.5),
+            "p90_ms_at_most": self.check.at_most_ms(0.9),
+            "p99_ms_at_most": self.check.at_most_ms(0.99),
+            "over_5ms_share": self.check.share_over(0.005),
         })
     }
 
@@ -1363,7 +1438,13 @@ sekimori_log_commit_seconds_count 100
 sekimori_log_batch_records_sum 700
 sekimori_decision_cache_total{result=\"hit\"} 10
 sekimori_decision_cache_total{result=\"miss\"} 90
-sekimori_check_seconds_bucket{call=\"check\",le=\"0.001\"} 9
+sekimori_check_seconds_bucket{call=\"check\",le=\"0.001\"} 40
+sekimori_check_seconds_bucket{call=\"check\",le=\"0.005\"} 99
+sekimori_check_seconds_bucket{call=\"check\",le=\"+Inf\"} 100
+sekimori_check_seconds_sum{call=\"check\"} 0.2
+sekimori_check_seconds_count{call=\"check\"} 100
+sekimori_check_seconds_bucket{call=\"batch_check\",le=\"0.001\"} 7
+sekimori_check_seconds_count{call=\"batch_check\"} 7
 ";
     const AFTER: &str = "sekimori_log_commit_seconds_bucket{le=\"0.0002\"} 250
 sekimori_log_commit_seconds_bucket{le=\"0.001\"} 486
@@ -1374,23 +1455,34 @@ sekimori_log_batch_records_sum 3700
 sekimori_log_batch_records_count 500
 sekimori_decision_cache_total{result=\"hit\"} 2710
 sekimori_decision_cache_total{result=\"miss\"} 390
+sekimori_check_seconds_bucket{call=\"check\",le=\"0.001\"} 1540
+sekimori_check_seconds_bucket{call=\"check\",le=\"0.005\"} 3069
+sekimori_check_seconds_bucket{call=\"check\",le=\"+Inf\"} 3100
+sekimori_check_seconds_sum{call=\"check\"} 6.2
+sekimori_check_seconds_count{call=\"check\"} 3100
+sekimori_check_seconds_bucket{call=\"batch_check\",le=\"0.001\"} 900
+sekimori_check_seconds_sum{call=\"batch_check\"} 0.5
+sekimori_check_seconds_count{call=\"batch_check\"} 900
 ";
+
+    /// Asserts that the summary's `key` is the number `want`.
+    fn assert_near(v: &serde_json::Value, key: &str, want: f64) {
+        let got = v[key].as_f64().unwrap_or(f64::NAN);
+        assert!((got - want).abs() < 1e-9, "{key}: {got}, not {want}");
+    }
 
     #[test]
     fn the_log_figures_are_the_difference_of_two_scrapes() {
         let before = LogFigures::parse(BEFORE);
-        assert_eq!(before.commits, 100.0);
-        assert_eq!(before.commit_buckets.len(), 3, "{before:?}");
+        assert_eq!(before.commit.count, 100.0);
+        assert_eq!(before.commit.buckets.len(), 3, "{before:?}");
         let log = LogFigures::parse(AFTER).since(&before);
         assert_eq!(
-            log.commit_buckets,
+            log.commit.buckets,
             [(0.0002, 200.0), (0.001, 396.0), (f64::INFINITY, 400.0)]
         );
         let v = log.summary(2.0);
-        let near = |key: &str, want: f64| {
-            let got = v[key].as_f64().unwrap_or(f64::NAN);
-            assert!((got - want).abs() < 1e-9, "{key}: {got}, not {want}");
-        };
+        let near = |key: &str, want: f64| assert_near(&v, key, want);
         near("commits_per_s", 200.0);
         near("records_per_commit", 7.5);
         near("commit_mean_ms", 0.5);
@@ -1401,6 +1493,29 @@ sekimori_decision_cache_total{result=\"miss\"} 390
         // 2,700 of the 3,000 decisions between the scrapes found their verdict remembered.
         assert_eq!(log.verdict_hit_share(), Some(0.9));
         assert_eq!(LogFigures::default().verdict_hit_share(), None);
+    }
+
+    #[test]
+    fn the_handlers_own_time_is_read_from_the_check_series_alone() {
+        let log = LogFigures::parse(AFTER).since(&LogFigures::parse(BEFORE));
+        // 3,000 `Check` calls between the scrapes; the `BatchCheck` series is not theirs.
+        assert_eq!(
+            log.check.buckets,
+            [(0.001, 1500.0), (0.005, 2970.0), (f64::INFINITY, 3000.0)]
+        );
+        let v = log.handler_summary();
+        let near = |key: &str, want: f64| assert_near(&v, key, want);
+        near("calls", 3000.0);
+        near("mean_ms", 2.0);
+        // Half within 1 ms; 99 % within 5 ms, and 1 % over it.
+        near("p50_ms_at_most", 1.0);
+        near("p90_ms_at_most", 5.0);
+        near("p99_ms_at_most", 5.0);
+        near("over_5ms_share", 0.01);
+        // A server without the series: no figures rather than zeros that look measured.
+        let none = LogFigures::parse("sekimori_log_commit_seconds_count 3\n").handler_summary();
+        assert_eq!(none["p99_ms_at_most"], serde_json::Value::Null);
+        assert_eq!(none["over_5ms_share"], serde_json::Value::Null);
     }
 
     #[test]
@@ -1439,7 +1554,10 @@ sekimori_decision_cache_total{result=\"miss\"} 390
                 addr
             };
             let ok = serve("HTTP/1.1 200 OK\r\n\r\nsekimori_log_commit_seconds_count 3\n").await;
-            assert_eq!(LogFigures::parse(&scrape(&ok).await.unwrap()).commits, 3.0);
+            assert_eq!(
+                LogFigures::parse(&scrape(&ok).await.unwrap()).commit.count,
+                3.0
+            );
             let failing = serve("HTTP/1.1 500 Internal Server Error\r\n\r\noops").await;
             assert!(scrape(&failing).await.is_err());
             let garbage = serve("not http at all").await;

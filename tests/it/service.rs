@@ -2126,6 +2126,9 @@ async fn metrics_are_exposed_and_move() {
         "record counts in buckets of seconds:\n{body}"
     );
     assert!(value("sekimori_log_commit_seconds_bucket{le=\"0.00015\"}") >= 0.0);
+    // Calls in steps up to SPEC §11's 5 ms, so that the share within it can be read off.
+    assert!(value("sekimori_check_seconds_bucket{call=\"check\",le=\"0.004\"}") >= 0.0);
+    assert!(value("sekimori_check_seconds_bucket{call=\"check\",le=\"0.005\"}") >= 0.0);
     assert!(value("sekimori_rejections_total{cause=\"tls_no_client_certificate\"}") >= 1.0);
     assert!(
         body.contains("sekimori_policy_info{version=\"sha256:"),
