@@ -27,6 +27,7 @@ assert s["ratio_sekimori_to_empty"] > 0 and s["server_cpu_ratio_empty_to_sekimor
 log = s["sekimori"]["log"]
 assert log["commits_per_s"] > 0 and log["records_per_commit"] >= 1, log
 assert log["commit_mean_ms"] > 0 and log["commit_p99_ms_at_most"] is not None, log
+assert log["wait_mean_ms"] >= log["commit_mean_ms"] * 0.5 and log["wait_p50_ms_at_most"] is not None, log
 assert "log" not in s["empty"], s["empty"]
 # The server's own time for its calls: as many as the callers made, a p99 bound to set
 # beside theirs.

@@ -218,18 +218,22 @@ impl LogWriter {
         })
     }
 
-    /// Appends records durably; resolves when they are committed (fsync'd).
+    /// Appends records durably; resolves when they are committed (fsync'd). How long the
+    /// caller waited, the queue included, goes to `sekimori_log_wait_seconds`.
     pub async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Message::Append(records, reply))
             .await
             .map_err(|_| LogError)?;
         crate::metrics::log_queue_depth(self.tx.max_capacity() - self.tx.capacity());
-        rx.await.map_err(|_| LogError)?
+        let committed = rx.await.map_err(|_| LogError)?;
+        crate::metrics::log_wait(started.elapsed());
+        committed
     }
 
     /// Whether the last commit succeeded.

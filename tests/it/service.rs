@@ -2118,6 +2118,9 @@ async fn metrics_are_exposed_and_move() {
     assert!(value("sekimori_rejections_total{cause=\"malformed\"}") >= 1.0);
     assert!(value("sekimori_check_seconds_count{call=\"check\"}") >= 4.0);
     assert!(value("sekimori_log_commit_seconds_count") >= 1.0);
+    // Each caller's wait for the log, on the same steps as the calls.
+    assert!(value("sekimori_log_wait_seconds_count") >= 1.0);
+    assert!(value("sekimori_log_wait_seconds_bucket{le=\"0.004\"}") >= 0.0);
     // Groups are counted in records (1, 2, 4, …, 8192), commits in fine steps of time.
     assert!(value("sekimori_log_batch_records_bucket{le=\"8192\"}") >= 1.0);
     assert!(value("sekimori_log_batch_records_bucket{le=\"1\"}") >= 0.0);
