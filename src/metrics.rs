@@ -81,7 +81,7 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
     );
     metrics::describe_histogram!(
         "sekimori_log_wait_seconds",
-        "time a caller waited for its records to be durably committed (the queue and its group commit)"
+        "time a caller waited for the log writer's answer on its records (the queue and its group commit)"
     );
     metrics::describe_histogram!(
         "sekimori_log_commit_seconds",

@@ -219,7 +219,8 @@ impl LogWriter {
     }
 
     /// Appends records durably; resolves when they are committed (fsync'd). How long the
-    /// caller waited, the queue included, goes to `sekimori_log_wait_seconds`.
+    /// caller waited for the writer's answer (the queue and the group commit, whether the
+    /// commit succeeded or not) goes to `sekimori_log_wait_seconds`.
     pub async fn append(&self, records: Vec<Record>) -> Result<(), LogError> {
         if records.is_empty() {
             return Ok(());

@@ -549,7 +549,7 @@ struct Measured {
     tally: Tally,
     seconds: f64,
     cpu: CpuTimes,
-    log: Option<LogFigures>,
+    server: Option<ServerFigures>,
     /// This server's CPU while the other target was being measured (interleaved runs):
     /// work it left over, such as the indexer's, done outside its own slices.
     cpu_while_other: Option<u64>,
@@ -560,7 +560,7 @@ impl Measured {
         self.tally.absorb(more.tally);
         self.seconds += more.seconds;
         self.cpu.add(&more.cpu);
-        self.log = match (self.log.take(), more.log) {
+        self.server = match (self.server.take(), more.server) {
             (Some(a), Some(b)) => Some(a.plus(&b)),
             (a, b) => a.or(b),
         };
@@ -587,10 +587,10 @@ impl Measured {
             "errors": self.tally.errors,
             "cpu_us_per_call": self.cpu.per_call(ok + errors),
         });
-        if let Some(log) = &self.log {
-            result["log"] = log.summary(self.seconds);
-            result["decision_cache_hit_share"] = serde_json::json!(log.verdict_hit_share());
-            result["handler"] = log.handler_summary();
+        if let Some(figures) = &self.server {
+            result["log"] = figures.summary(self.seconds);
+            result["decision_cache_hit_share"] = serde_json::json!(figures.verdict_hit_share());
+            result["handler"] = figures.handler_summary();
         }
         if let Some(ticks) = self.cpu_while_other {
             let hz = rustix::param::clock_ticks_per_second() as f64;
@@ -729,8 +729,8 @@ impl Running {
         length: Duration,
         budget: Option<u64>,
     ) -> anyhow::Result<Measured> {
-        let log_before = match &self.metrics {
-            Some(m) => Some(LogFigures::parse(&scrape(m).await?)),
+        let figures_before = match &self.metrics {
+            Some(m) => Some(ServerFigures::parse(&scrape(m).await?)),
             None => None,
         };
         let cpu_before = CpuTimes::take(self.pid());
@@ -738,15 +738,15 @@ impl Running {
         let tally = drive(args, &self.channels, streams, length, budget).await?;
         let seconds = started.elapsed().as_secs_f64();
         let cpu = CpuTimes::take(self.pid()).since(&cpu_before);
-        let log = match (&self.metrics, log_before) {
-            (Some(m), Some(before)) => Some(LogFigures::parse(&scrape(m).await?).since(&before)),
+        let server = match (&self.metrics, figures_before) {
+            (Some(m), Some(before)) => Some(ServerFigures::parse(&scrape(m).await?).since(&before)),
             _ => None,
         };
         Ok(Measured {
             tally,
             seconds,
             cpu,
-            log,
+            server,
             cpu_while_other: None,
         })
     }
@@ -902,41 +902,40 @@ struct Histogram {
 }
 
 impl Histogram {
-    /// Takes `key value` if `key` is one of the histogram `name{labels…}`'s series (`labels`
-    /// is what comes before `le` in its buckets, e.g. `call="check",`); whether it did.
+    /// Takes `key value` if `key` is one of the series of the histogram `name{labels}`
+    /// (`labels` as the exporter writes them, e.g. `call="check"`, or empty); whether it did.
     fn take(&mut self, name: &str, labels: &str, key: &str, value: f64) -> bool {
         let Some(rest) = key.strip_prefix(name) else {
             return false;
         };
-        let series = |suffix: &str| {
-            let braces = labels.trim_end_matches(',');
-            if braces.is_empty() {
-                suffix.to_string()
-            } else {
-                format!("{suffix}{{{braces}}}")
-            }
+        let (suffix, inner) = match rest.split_once('{') {
+            Some((suffix, braced)) => match braced.strip_suffix('}') {
+                Some(inner) => (suffix, inner),
+                None => return false,
+            },
+            None => (rest, ""),
         };
-        if let Some(le) = rest
-            .strip_prefix("_bucket{")
-            .and_then(|r| r.strip_prefix(labels))
-            .and_then(|r| r.strip_prefix("le=\""))
-            .and_then(|r| r.strip_suffix("\"}"))
-        {
-            let bound = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                match le.parse() {
-                    Ok(b) => b,
-                    Err(_) => return false,
-                }
-            };
-            self.buckets.push((bound, value));
-        } else if rest == series("_sum") {
-            self.sum = value;
-        } else if rest == series("_count") {
-            self.count = value;
-        } else {
-            return false;
+        match suffix {
+            "_bucket" => {
+                // `le` comes last: after the histogram's own labels and a comma, if it has any.
+                let le = match inner.strip_prefix(labels) {
+                    Some(r) if labels.is_empty() => Some(r),
+                    Some(r) => r.strip_prefix(','),
+                    None => None,
+                };
+                let bound = match le.and_then(|r| r.strip_prefix("le=\"")?.strip_suffix('"')) {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(le) => match le.parse() {
+                        Ok(b) => b,
+                        Err(_) => return false,
+                    },
+                    None => return false,
+                };
+                self.buckets.push((bound, value));
+            }
+            "_sum" if inner == labels => self.sum = value,
+            "_count" if inner == labels => self.count = value,
+            _ => return false,
         }
         true
     }
@@ -997,7 +996,7 @@ impl Histogram {
 /// the time a call spends in the server's handler, its commit included, from the time in
 /// TLS, HTTP/2, the sockets and the load tool.
 #[derive(Debug, Default, Clone, PartialEq)]
-struct LogFigures {
+struct ServerFigures {
     commit: Histogram,
     wait: Histogram,
     records: f64,
@@ -1006,9 +1005,9 @@ struct LogFigures {
     check: Histogram,
 }
 
-impl LogFigures {
-    fn parse(text: &str) -> LogFigures {
-        let mut f = LogFigures::default();
+impl ServerFigures {
+    fn parse(text: &str) -> ServerFigures {
+        let mut f = ServerFigures::default();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((key, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -1019,7 +1018,7 @@ impl LogFigures {
             if f.commit.take("sekimori_log_commit_seconds", "", key, value)
                 || f.wait.take("sekimori_log_wait_seconds", "", key, value)
                 || f.check
-                    .take("sekimori_check_seconds", "call=\"check\",", key, value)
+                    .take("sekimori_check_seconds", "call=\"check\"", key, value)
             {
                 continue;
             }
@@ -1034,18 +1033,18 @@ impl LogFigures {
     }
 
     /// What happened between `before` and `self`.
-    fn since(&self, before: &LogFigures) -> LogFigures {
+    fn since(&self, before: &ServerFigures) -> ServerFigures {
         self.combined(before, -1.0)
     }
 
     /// Two stretches together (the slices of an interleaved run).
-    fn plus(&self, more: &LogFigures) -> LogFigures {
+    fn plus(&self, more: &ServerFigures) -> ServerFigures {
         self.combined(more, 1.0)
     }
 
     /// `self + sign × other`.
-    fn combined(&self, other: &LogFigures, sign: f64) -> LogFigures {
-        LogFigures {
+    fn combined(&self, other: &ServerFigures, sign: f64) -> ServerFigures {
+        ServerFigures {
             commit: self.commit.combined(&other.commit, sign),
             wait: self.wait.combined(&other.wait, sign),
             records: self.records + sign * other.records,
@@ -1491,10 +1490,10 @@ sekimori_check_seconds_count{call=\"batch_check\"} 900
 
     #[test]
     fn the_log_figures_are_the_difference_of_two_scrapes() {
-        let before = LogFigures::parse(BEFORE);
+        let before = ServerFigures::parse(BEFORE);
         assert_eq!(before.commit.count, 100.0);
         assert_eq!(before.commit.buckets.len(), 3, "{before:?}");
-        let log = LogFigures::parse(AFTER).since(&before);
+        let log = ServerFigures::parse(AFTER).since(&before);
         assert_eq!(
             log.commit.buckets,
             [(0.0002, 200.0), (0.001, 396.0), (f64::INFINITY, 400.0)]
@@ -1516,12 +1515,12 @@ sekimori_check_seconds_count{call=\"batch_check\"} 900
         near("waits_over_5ms_share", 0.02);
         // 2,700 of the 3,000 decisions between the scrapes found their verdict remembered.
         assert_eq!(log.verdict_hit_share(), Some(0.9));
-        assert_eq!(LogFigures::default().verdict_hit_share(), None);
+        assert_eq!(ServerFigures::default().verdict_hit_share(), None);
     }
 
     #[test]
     fn the_handlers_own_time_is_read_from_the_check_series_alone() {
-        let log = LogFigures::parse(AFTER).since(&LogFigures::parse(BEFORE));
+        let log = ServerFigures::parse(AFTER).since(&ServerFigures::parse(BEFORE));
         // 3,000 `Check` calls between the scrapes; the `BatchCheck` series is not theirs.
         assert_eq!(
             log.check.buckets,
@@ -1537,7 +1536,7 @@ sekimori_check_seconds_count{call=\"batch_check\"} 900
         near("p99_ms_at_most", 5.0);
         near("over_5ms_share", 0.01);
         // A server without the series: no figures rather than zeros that look measured.
-        let none = LogFigures::parse("sekimori_log_commit_seconds_count 3\n").handler_summary();
+        let none = ServerFigures::parse("sekimori_log_commit_seconds_count 3\n").handler_summary();
         assert_eq!(none["p99_ms_at_most"], serde_json::Value::Null);
         assert_eq!(none["over_5ms_share"], serde_json::Value::Null);
     }
@@ -1579,7 +1578,9 @@ sekimori_check_seconds_count{call=\"batch_check\"} 900
             };
             let ok = serve("HTTP/1.1 200 OK\r\n\r\nsekimori_log_commit_seconds_count 3\n").await;
             assert_eq!(
-                LogFigures::parse(&scrape(&ok).await.unwrap()).commit.count,
+                ServerFigures::parse(&scrape(&ok).await.unwrap())
+                    .commit
+                    .count,
                 3.0
             );
             let failing = serve("HTTP/1.1 500 Internal Server Error\r\n\r\noops").await;
@@ -1675,8 +1676,8 @@ sekimori_check_seconds_count{call=\"batch_check\"} 900
 
     #[test]
     fn a_scrape_without_the_log_metrics_reports_no_commits() {
-        let log = LogFigures::parse("garbage\nsekimori_log_commit_seconds_count x\n");
-        assert_eq!(log, LogFigures::default());
+        let log = ServerFigures::parse("garbage\nsekimori_log_commit_seconds_count x\n");
+        assert_eq!(log, ServerFigures::default());
         let v = log.summary(1.0);
         assert_eq!(v["commit_mean_ms"], serde_json::json!(0.0));
         assert_eq!(v["commit_p50_ms_at_most"], serde_json::Value::Null);
