@@ -5,14 +5,15 @@
 # log did (commits, records per commit, commit time) and how long its handler took, both read
 # from its metrics. Once unpinned
 # with the durable empty handler as a third target (the fsync floor), once pinned to cores,
-# once with the two targets in alternating slices.
+# once with the two targets in alternating slices, once on a fixed schedule at half the empty
+# handler's rate (an open loop).
 # Debug build: the figures are not benchmarks (BENCHMARKS.md has those, in release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bins
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for mode in "--target all" "--pin" "--interleave 500ms"; do
+for mode in "--target all" "--pin" "--interleave 500ms" "--rate 50%"; do
   target/debug/sekimori-load --duration 2s --warmup 500ms --concurrency 8 --connections 2 $mode \
     --json "$work/load.json" > /dev/null
   python3 - "$work/load.json" "$mode" <<'PY'
@@ -40,6 +41,17 @@ if sys.argv[2].startswith("--interleave"):
     assert 0 < s["ratio_charged_for_work_between_slices"] <= s["ratio_sekimori_to_empty"], s
 else:
     assert "ratio_charged_for_work_between_slices" not in s, s
+if sys.argv[2].startswith("--rate"):
+    # sekimori offered half the rate the empty handler reached closed-loop, every call due
+    # made and answered; latency from the due time, with how late the calls were sent.
+    seki, empty = s["sekimori"], s["empty"]
+    assert s["load"]["rate_share_of_empty"] == 0.5, s["load"]
+    assert abs(seki["offered_rps"] - 0.5 * empty["rps"]) <= 1e-6 * empty["rps"], (seki, empty)
+    assert seki["scheduled"] == seki["calls"] == seki["ok"] > 0, seki
+    assert seki["sent_late_p99_ms"] >= seki["sent_late_p50_ms"] >= 0, seki
+    assert "offered_rps" not in empty and "scheduled" not in empty, empty
+else:
+    assert "offered_rps" not in s["sekimori"], s["sekimori"]
 if sys.argv[2] == "--target all":
     floor = s["durable_empty"]
     assert floor["ok"] > 0 and not floor["errors"], floor

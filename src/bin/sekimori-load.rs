@@ -25,6 +25,15 @@
 //! between its slices (its indexer catching up) is reported, and charged against it in a
 //! second, conservative ratio.
 //!
+//! `--rate 6000` (or `--rate 50%`) sends on a fixed schedule instead: an open loop, calls
+//! due at evenly spaced times whatever the answers, as the city's systems send theirs. Each
+//! call's latency then runs from the time it was due, so a call the tool sent late, or one
+//! that waited because `--concurrency` calls were already in flight, counts its wait: a
+//! server that stalls cannot hide it by slowing the callers (what closed-loop callers, which
+//! send only after an answer, let it do). `50%` offers half the rate the empty handler reached
+//! closed-loop in the same run, which reads SPEC §11 word for word: sekimori serves half the
+//! empty handler's throughput, and its p99 at that load is what it is measured at.
+//!
 //! `--target all` adds a third server between the two: the empty handler again, but making a
 //! record of each call durable before it answers (the request and the answer, appended to a
 //! file by one writer thread in group commits, each group `fdatasync`ed). It does nothing
@@ -56,9 +65,15 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, 
     about = "Load Access.Check of sekimori and of an empty tonic handler, in one run"
 )]
 struct Args {
-    /// Concurrent callers (each awaits its answer before sending the next request).
+    /// Concurrent callers (each awaits its answer before sending the next request); with
+    /// `--rate`, the most calls in flight (a call due beyond it waits, and its wait counts).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Send on a fixed schedule instead of closed-loop callers: calls per second (`6000`),
+    /// or a share of the empty handler's rate measured closed-loop first in the same run
+    /// (`50%`, with `--target both` or `all`). Latency runs from each call's due time.
+    #[arg(long, value_parser = parse_rate, conflicts_with_all = ["requests", "interleave"])]
+    rate: Option<Rate>,
     /// HTTP/2 connections, spread over the systems that hold assets.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -155,6 +170,36 @@ impl ServerKind {
             ServerKind::Sekimori => "sekimori",
         }
     }
+}
+
+/// How fast `--rate` sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rate {
+    /// Calls per second.
+    PerSecond(f64),
+    /// This share of the empty handler's closed-loop rate in the same run (0.5 for `50%`).
+    ShareOfEmpty(f64),
+}
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    let bad = || {
+        format!(
+            "not a rate: {text} (calls per second, e.g. 6000, or a share of the empty handler's rate, e.g. 50%)"
+        )
+    };
+    let (number, share) = match text.strip_suffix('%') {
+        Some(n) => (n, true),
+        None => (text, false),
+    };
+    let n: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(bad());
+    }
+    Ok(if share {
+        Rate::ShareOfEmpty(n / 100.0)
+    } else {
+        Rate::PerSecond(n)
+    })
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -515,16 +560,46 @@ struct Tally {
     latencies_us: Vec<u32>,
     allows: u64,
     errors: BTreeMap<String, u64>,
+    /// With `--rate`: the calls the schedule made due, and how late each was sent (the
+    /// tool behind its schedule, or waiting for a slot under `--concurrency`).
+    scheduled: u64,
+    late_us: Vec<u32>,
 }
 
 impl Tally {
+    /// Counts one answered call.
+    fn count(&mut self, latency: Duration, answer: Result<bool, String>) {
+        match answer {
+            Ok(allow) => {
+                self.latencies_us.push(micros(latency));
+                self.allows += u64::from(allow);
+            }
+            Err(code) => *self.errors.entry(code).or_default() += 1,
+        }
+    }
+
     fn absorb(&mut self, more: Tally) {
         self.latencies_us.extend(more.latencies_us);
+        self.late_us.extend(more.late_us);
+        self.scheduled += more.scheduled;
         self.allows += more.allows;
         for (k, v) in more.errors {
             *self.errors.entry(k).or_default() += v;
         }
     }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// The `p` quantile of sorted microseconds, in milliseconds (0 for none).
+fn quantile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len() - 1);
+    f64::from(sorted_us[at]) / 1000.0
 }
 
 async fn connect(addr: &str, paths: &DevPaths, system: &str) -> anyhow::Result<Channel> {
@@ -553,6 +628,8 @@ struct Measured {
     /// This server's CPU while the other target was being measured (interleaved runs):
     /// work it left over, such as the indexer's, done outside its own slices.
     cpu_while_other: Option<u64>,
+    /// The calls per second offered on a fixed schedule (`--rate`), if any.
+    offered_rps: Option<f64>,
 }
 
 impl Measured {
@@ -569,12 +646,7 @@ impl Measured {
     fn summary(mut self) -> serde_json::Value {
         self.tally.latencies_us.sort_unstable();
         let lat = &self.tally.latencies_us;
-        let pct = |p: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            f64::from(lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)]) / 1000.0
-        };
+        let pct = |p: f64| quantile_ms(lat, p);
         let ok = lat.len() as u64;
         let errors: u64 = self.tally.errors.values().sum();
         let mut result = serde_json::json!({
@@ -587,6 +659,14 @@ impl Measured {
             "errors": self.tally.errors,
             "cpu_us_per_call": self.cpu.per_call(ok + errors),
         });
+        if let Some(rate) = self.offered_rps {
+            self.tally.late_us.sort_unstable();
+            let late = &self.tally.late_us;
+            result["offered_rps"] = serde_json::json!(rate);
+            result["scheduled"] = serde_json::json!(self.tally.scheduled);
+            result["sent_late_p50_ms"] = serde_json::json!(quantile_ms(late, 0.5));
+            result["sent_late_p99_ms"] = serde_json::json!(quantile_ms(late, 0.99));
+        }
         if let Some(figures) = &self.server {
             result["log"] = figures.summary(self.seconds);
             result["decision_cache_hit_share"] = serde_json::json!(figures.verdict_hit_share());
@@ -616,8 +696,8 @@ struct Launch<'a> {
 
 impl Launch<'_> {
     /// Starts `target`, waits until it answers, opens the connections and sends the
-    /// warm-up load.
-    async fn start(&self, target: ServerKind) -> anyhow::Result<Running> {
+    /// warm-up load (on the schedule of `pace` calls a second, if given).
+    async fn start(&self, target: ServerKind, pace: Option<f64>) -> anyhow::Result<Running> {
         let args = self.args;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let metrics = format!("127.0.0.1:{}", free_port()?);
@@ -668,7 +748,14 @@ impl Launch<'_> {
             self.streams,
         )
         .await?;
-        drive(args, &running.channels, self.streams, args.warmup, None).await?;
+        match pace {
+            Some(rate) => drive_paced(args, &running.channels, self.streams, args.warmup, rate)
+                .await
+                .map(drop)?,
+            None => drive(args, &running.channels, self.streams, args.warmup, None)
+                .await
+                .map(drop)?,
+        }
         Ok(running)
     }
 }
@@ -721,13 +808,15 @@ impl Running {
         self.child.0.id()
     }
 
-    /// Loads the server for `length` (or, with a budget, until that many calls), measuring.
+    /// Loads the server for `length` (or, with a budget, until that many calls), measuring;
+    /// closed-loop callers, or calls on a fixed schedule of `pace` a second.
     async fn measure(
         &self,
         args: &Args,
         streams: &Arc<Vec<Stream>>,
         length: Duration,
         budget: Option<u64>,
+        pace: Option<f64>,
     ) -> anyhow::Result<Measured> {
         let figures_before = match &self.metrics {
             Some(m) => Some(ServerFigures::parse(&scrape(m).await?)),
@@ -735,7 +824,10 @@ impl Running {
         };
         let cpu_before = CpuTimes::take(self.pid());
         let started = Instant::now();
-        let tally = drive(args, &self.channels, streams, length, budget).await?;
+        let tally = match pace {
+            Some(rate) => drive_paced(args, &self.channels, streams, length, rate).await?,
+            None => drive(args, &self.channels, streams, length, budget).await?,
+        };
         let seconds = started.elapsed().as_secs_f64();
         let cpu = CpuTimes::take(self.pid()).since(&cpu_before);
         let server = match (&self.metrics, figures_before) {
@@ -748,6 +840,7 @@ impl Running {
             cpu,
             server,
             cpu_while_other: None,
+            offered_rps: pace,
         })
     }
 
@@ -800,21 +893,8 @@ async fn drive(
                 let req = reqs[i % reqs.len()].clone();
                 i += 1;
                 let t0 = Instant::now();
-                match client.check(req).await {
-                    Ok(resp) => {
-                        let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                        tally.latencies_us.push(us);
-                        if resp.into_inner().decision.is_some_and(|d| d.allow) {
-                            tally.allows += 1;
-                        }
-                    }
-                    Err(status) => {
-                        *tally
-                            .errors
-                            .entry(format!("{:?}", status.code()))
-                            .or_default() += 1;
-                    }
-                }
+                let answer = check(&mut client, req).await;
+                tally.count(t0.elapsed(), answer);
             }
             tally
         }));
@@ -824,6 +904,92 @@ async fn drive(
         all.absorb(task.await?);
     }
     Ok(all)
+}
+
+/// One `Check`: whether it allowed, or the gRPC status code of its failure.
+async fn check(client: &mut AccessClient<Channel>, req: CheckRequest) -> Result<bool, String> {
+    match client.check(req).await {
+        Ok(resp) => Ok(resp.into_inner().decision.is_some_and(|d| d.allow)),
+        Err(status) => Err(format!("{:?}", status.code())),
+    }
+}
+
+/// `Check` calls on a fixed schedule of `rate` a second over `channels` (an open loop):
+/// call `k` goes on connection `k` modulo their number, with that connection's requests in
+/// turn, so the same requests are sent as by the closed-loop callers.
+async fn drive_paced(
+    args: &Args,
+    channels: &[(usize, Channel)],
+    streams: &Arc<Vec<Stream>>,
+    length: Duration,
+    rate: f64,
+) -> anyhow::Result<Tally> {
+    let channels = channels.to_vec();
+    let streams = Arc::clone(streams);
+    paced(rate, length, args.concurrency, move |k| {
+        let (stream, channel) = channels[k as usize % channels.len()].clone();
+        let reqs = &streams[stream].requests;
+        let req = reqs[(k as usize / channels.len()) % reqs.len()].clone();
+        async move { check(&mut AccessClient::new(channel), req).await }
+    })
+    .await
+}
+
+/// How many calls a schedule of `rate` a second makes due in `length`: call `k` is due at
+/// `k / rate` seconds, and those due before `length` are made.
+fn calls_due(rate: f64, length: Duration) -> u64 {
+    (length.as_secs_f64() * rate).ceil() as u64
+}
+
+/// Makes `call(k)` for every call due on a schedule of `rate` a second over `length`,
+/// whatever the answers (an open loop), at most `cap` in flight, and waits for the last
+/// answer. Each latency runs from the call's due time, not from when it was sent: a call
+/// sent late (this process behind its schedule, or waiting for a slot) counts the wait, as
+/// a system with its own schedule would see it. The schedule is kept by a thread of its own
+/// that sleeps to each due time; tokio's timers tick in whole milliseconds.
+async fn paced<F, Fut>(rate: f64, length: Duration, cap: usize, call: F) -> anyhow::Result<Tally>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<bool, String>> + Send + 'static,
+{
+    type Answer = (Duration, Duration, Result<bool, String>);
+    let due = calls_due(rate, length);
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel::<Answer>();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap.max(1)));
+    let runtime = tokio::runtime::Handle::current();
+    let call = Arc::new(call);
+    let start = Instant::now();
+    std::thread::Builder::new()
+        .name("load-schedule".into())
+        .spawn(move || {
+            for k in 0..due {
+                let due_at = start + Duration::from_secs_f64(k as f64 / rate);
+                if let Some(wait) = due_at.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let (slots, answers, call) = (slots.clone(), answers.clone(), call.clone());
+                runtime.spawn(async move {
+                    // The semaphore is never closed, so a slot always comes.
+                    let Ok(_slot) = slots.acquire_owned().await else {
+                        return;
+                    };
+                    let late = due_at.elapsed();
+                    let answer = call(k).await;
+                    let _ = answers.send((due_at.elapsed(), late, answer));
+                });
+            }
+            // `answers` is dropped here; the channel closes once every call has answered.
+        })
+        .context("starting the schedule's thread")?;
+    let mut tally = Tally {
+        scheduled: due,
+        ..Tally::default()
+    };
+    while let Some((latency, late, answer)) = answered.recv().await {
+        tally.late_us.push(micros(late));
+        tally.count(latency, answer);
+    }
+    Ok(tally)
 }
 
 /// An interleaved run's ratio with what sekimori did while the empty handler was measured
@@ -1305,10 +1471,35 @@ async fn wait_ready(
     )
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// What the options cannot say alone.
+fn check_args(args: &Args) -> anyhow::Result<()> {
     if args.interleave.is_some() && args.target != Target::Both {
         bail!("--interleave compares the two targets: use it with --target both");
     }
+    if let Some(Rate::ShareOfEmpty(_)) = args.rate {
+        if !matches!(args.target, Target::Both | Target::All) {
+            bail!(
+                "--rate with a % offers a share of the empty handler's rate in the same run: \
+                 use it with --target both or all, or give calls per second"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The rate each target is offered on a fixed schedule, if any: `--rate` in calls per
+/// second for all; as a share, the empty handler (measured first) runs closed-loop and
+/// the targets after it get that share of its rate.
+fn pace_of(rate: Option<Rate>, target: ServerKind, empty_rps: Option<f64>) -> Option<f64> {
+    match (rate?, target) {
+        (Rate::PerSecond(r), _) => Some(r),
+        (Rate::ShareOfEmpty(_), ServerKind::Empty) => None,
+        (Rate::ShareOfEmpty(share), _) => empty_rps.map(|rps| share * rps),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    check_args(&args)?;
     let work = WorkDir::new()?;
     let data = work.path().join("data");
     let paths = DevPaths::new(&data);
@@ -1331,6 +1522,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "duration_s": args.duration.as_secs_f64(), "requests": args.requests,
             "warmup_s": args.warmup.as_secs_f64(), "pinned": args.pin,
             "interleave_s": args.interleave.map(|d| d.as_secs_f64()),
+            "rate_per_s": match args.rate { Some(Rate::PerSecond(r)) => Some(r), _ => None },
+            "rate_share_of_empty": match args.rate { Some(Rate::ShareOfEmpty(s)) => Some(s), _ => None },
             "distinct_requests": distinct_requests_sent(args.connections, &streams),
             "policies": args.policies.display().to_string(),
         }),
@@ -1348,12 +1541,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.interleave {
         None => {
             // One target after the other, each measured for the whole duration.
+            let mut empty_rps = None;
             for &target in targets {
-                let running = launch.start(target).await?;
+                let pace = pace_of(args.rate, target, empty_rps);
+                if args.rate.is_some()
+                    && target != ServerKind::Empty
+                    && pace.is_none_or(|r| r <= 0.0)
+                {
+                    bail!(
+                        "the empty handler answered nothing: there is no rate to take a share of"
+                    );
+                }
+                let running = launch.start(target, pace).await?;
                 let measured = running
-                    .measure(&args, &streams, args.duration, args.requests)
+                    .measure(&args, &streams, args.duration, args.requests, pace)
                     .await?;
                 let result = running.finish(measured);
+                if target == ServerKind::Empty {
+                    empty_rps = result["rps"].as_f64();
+                }
                 eprintln!("{}: {}", target.key(), result);
                 summary.insert(target.key().into(), result);
             }
@@ -1363,7 +1569,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // which goes first alternating too, so both see the host at the same times.
             let mut running = Vec::new();
             for &target in targets {
-                running.push(launch.start(target).await?);
+                running.push(launch.start(target, None).await?);
             }
             let slices = args
                 .duration
@@ -1382,7 +1588,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     };
                     let other = running.len() - 1 - i;
                     let other_before = CpuTimes::take(running[other].pid());
-                    let m = running[i].measure(&args, &streams, length, None).await?;
+                    let m = running[i]
+                        .measure(&args, &streams, length, None, None)
+                        .await?;
                     while_other[other] += CpuTimes::take(running[other].pid())
                         .since(&other_before)
                         .server_total;
@@ -1603,6 +1811,104 @@ sekimori_check_seconds_count{call=\"batch_check\"} 900
         assert!(parse(&[]).is_ok());
         assert!(parse(&["--requests", "100"]).is_err());
         assert!(parse(&["--reload-every", "3s"]).is_err());
+    }
+
+    #[test]
+    fn a_rate_is_calls_per_second_or_a_share_of_the_empty_handlers() {
+        assert_eq!(parse_rate("6000"), Ok(Rate::PerSecond(6000.0)));
+        assert_eq!(parse_rate("2500.5"), Ok(Rate::PerSecond(2500.5)));
+        assert_eq!(parse_rate("50%"), Ok(Rate::ShareOfEmpty(0.5)));
+        for bad in [
+            "", "%", "0", "0%", "-5", "-50%", "fast", "50 %x", "inf", "NaN",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} was taken as a rate");
+        }
+        let args = |extra: &[&str]| Args::try_parse_from(["sekimori-load"].iter().chain(extra));
+        // An open loop has no budget of calls, and its slices would each start a schedule.
+        assert!(args(&["--rate", "100", "--requests", "10"]).is_err());
+        assert!(args(&["--rate", "100", "--interleave", "1s"]).is_err());
+        // A share needs the empty handler measured first in the same run.
+        let checked = |extra: &[&str]| check_args(&args(extra).unwrap());
+        assert!(checked(&["--rate", "50%"]).is_ok());
+        assert!(checked(&["--rate", "50%", "--target", "all"]).is_ok());
+        assert!(checked(&["--rate", "50%", "--target", "sekimori"]).is_err());
+        assert!(checked(&["--rate", "50%", "--target", "durable-empty"]).is_err());
+        assert!(checked(&["--rate", "3000", "--target", "sekimori"]).is_ok());
+    }
+
+    #[test]
+    fn a_share_of_the_empty_handlers_rate_is_offered_to_the_targets_after_it() {
+        let share = Some(Rate::ShareOfEmpty(0.5));
+        // The empty handler itself runs closed-loop: its rate is what is shared.
+        assert_eq!(pace_of(share, ServerKind::Empty, None), None);
+        assert_eq!(
+            pace_of(share, ServerKind::Sekimori, Some(14_000.0)),
+            Some(7_000.0)
+        );
+        assert_eq!(
+            pace_of(share, ServerKind::DurableEmpty, Some(14_000.0)),
+            Some(7_000.0)
+        );
+        // Not measured yet: no rate to share.
+        assert_eq!(pace_of(share, ServerKind::Sekimori, None), None);
+        let fixed = Some(Rate::PerSecond(3_000.0));
+        for target in [
+            ServerKind::Empty,
+            ServerKind::DurableEmpty,
+            ServerKind::Sekimori,
+        ] {
+            assert_eq!(pace_of(fixed, target, Some(14_000.0)), Some(3_000.0));
+            assert_eq!(pace_of(None, target, Some(14_000.0)), None);
+        }
+    }
+
+    #[test]
+    fn a_schedule_makes_due_the_calls_before_its_end() {
+        assert_eq!(calls_due(1000.0, Duration::from_secs(2)), 2000);
+        // Due at 0, 1/3 and 2/3 of a second: three before the end of one second.
+        assert_eq!(calls_due(3.0, Duration::from_secs(1)), 3);
+        assert_eq!(calls_due(2.5, Duration::from_secs(1)), 3);
+        assert_eq!(calls_due(100.0, Duration::ZERO), 0);
+    }
+
+    #[tokio::test]
+    async fn every_call_due_is_made_whatever_the_answers() {
+        // Half the calls fail: the schedule goes on regardless, and each outcome is counted.
+        let tally = paced(400.0, Duration::from_millis(250), 8, |k| async move {
+            if k % 2 == 0 {
+                Ok(k % 4 == 0)
+            } else {
+                Err(String::from("Unavailable"))
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(tally.scheduled, 100);
+        assert_eq!(tally.latencies_us.len(), 50);
+        assert_eq!(tally.allows, 25);
+        assert_eq!(tally.errors.get("Unavailable"), Some(&50));
+        assert_eq!(tally.late_us.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_waits_for_a_slot_counts_its_wait() {
+        // One slot, 20 calls due 5 ms apart, each answered after 20 ms: the server keeps up
+        // with a quarter of the schedule. Closed-loop timing would report 20 ms for every
+        // call; from its due time, the last waited for the 19 before it.
+        let tally = paced(200.0, Duration::from_millis(100), 1, |_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(true)
+        })
+        .await
+        .unwrap();
+        assert_eq!(tally.scheduled, 20);
+        assert_eq!(tally.latencies_us.len(), 20);
+        let longest = *tally.latencies_us.iter().max().unwrap();
+        // The last call is due at 95 ms and answered no sooner than 20 × 20 ms = 400 ms.
+        assert!(longest >= 300_000, "the longest latency was {longest} µs");
+        assert!(*tally.late_us.iter().max().unwrap() >= 280_000);
+        let shortest = *tally.latencies_us.iter().min().unwrap();
+        assert!(shortest >= 20_000, "a call answered in {shortest} µs");
     }
 
     #[test]
