@@ -748,14 +748,15 @@ impl Launch<'_> {
             self.streams,
         )
         .await?;
-        match pace {
-            Some(rate) => drive_paced(args, &running.channels, self.streams, args.warmup, rate)
-                .await
-                .map(drop)?,
-            None => drive(args, &running.channels, self.streams, args.warmup, None)
-                .await
-                .map(drop)?,
-        }
+        load(
+            args,
+            &running.channels,
+            self.streams,
+            args.warmup,
+            None,
+            pace,
+        )
+        .await?;
         Ok(running)
     }
 }
@@ -824,10 +825,7 @@ impl Running {
         };
         let cpu_before = CpuTimes::take(self.pid());
         let started = Instant::now();
-        let tally = match pace {
-            Some(rate) => drive_paced(args, &self.channels, streams, length, rate).await?,
-            None => drive(args, &self.channels, streams, length, budget).await?,
-        };
+        let tally = load(args, &self.channels, streams, length, budget, pace).await?;
         let seconds = started.elapsed().as_secs_f64();
         let cpu = CpuTimes::take(self.pid()).since(&cpu_before);
         let server = match (&self.metrics, figures_before) {
@@ -857,6 +855,22 @@ impl Running {
             result["server_peak_rss_mib"] = serde_json::json!(peak);
         }
         result
+    }
+}
+
+/// The load for `length` over `channels`: closed-loop callers (or `budget` calls between
+/// them), or with `pace`, calls on a fixed schedule of that many a second.
+async fn load(
+    args: &Args,
+    channels: &[(usize, Channel)],
+    streams: &Arc<Vec<Stream>>,
+    length: Duration,
+    budget: Option<u64>,
+    pace: Option<f64>,
+) -> anyhow::Result<Tally> {
+    match pace {
+        Some(rate) => drive_paced(args, channels, streams, length, rate).await,
+        None => drive(args, channels, streams, length, budget).await,
     }
 }
 
@@ -1544,9 +1558,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut empty_rps = None;
             for &target in targets {
                 let pace = pace_of(args.rate, target, empty_rps);
-                if args.rate.is_some()
+                // A share of nothing: the empty handler, measured first, answered no call.
+                if matches!(args.rate, Some(Rate::ShareOfEmpty(_)))
                     && target != ServerKind::Empty
-                    && pace.is_none_or(|r| r <= 0.0)
+                    && !pace.is_some_and(|r| r > 0.0)
                 {
                     bail!(
                         "the empty handler answered nothing: there is no rate to take a share of"
